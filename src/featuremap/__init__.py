@@ -1,0 +1,44 @@
+"""featuremap: compute, see, tune and use the feature maps of convolutional neural networks.
+
+The public API is loaded lazily so that ``import featuremap`` stays fast and imports neither
+torch nor matplotlib until a function that needs them is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from featuremap.errors import FeaturemapError
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "conv2d": "featuremap.conv",
+    "conv_cost": "featuremap.arithmetic",
+    "output_size": "featuremap.arithmetic",
+    "filter_bank": "featuremap.filters",
+    "load_image": "featuremap.images",
+    "list_samples": "featuremap.images",
+}
+
+__all__ = ["FeaturemapError", "__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featuremap.arithmetic import conv_cost, output_size
+    from featuremap.conv import conv2d
+    from featuremap.filters import filter_bank
+    from featuremap.images import list_samples, load_image
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featuremap' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

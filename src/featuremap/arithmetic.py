@@ -1,0 +1,322 @@
+"""Convolution arithmetic: output sizes, padding, cost and receptive-field steps.
+
+Standard library only, so that shape questions are answered without importing NumPy or torch.
+All sizes follow torch's ``Conv2d``::
+
+    out = (in + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+``padding`` may be an int, a pair ``(pad_h, pad_w)``, ``'valid'`` (no padding) or ``'same'``
+(output size ``ceil(in / stride)``; for stride 1 this is torch's ``padding='same'``, the extra
+cell of an odd total going after, i.e. bottom/right; for larger strides it is TensorFlow's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featuremap.errors import ConfigError
+
+__all__ = [
+    "ConvCost",
+    "RFStep",
+    "conv_cost",
+    "formula",
+    "output_size",
+    "pair",
+    "resolve_padding",
+    "rf_step",
+    "same_padding",
+]
+
+Pair = tuple[int, int]
+Padding = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+
+
+def pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
+    """Return ``value`` as an ``(h, w)`` pair of ints, or raise ConfigError."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer or a pair of integers, got {value!r}.")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"{name} must be an integer or a pair of integers, got {value!r}.")
+
+
+def _check_positive(value: Pair, name: str, meaning: str) -> None:
+    for v in value:
+        if v <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {v} ({meaning}).")
+
+
+def _effective(kernel: int, dilation: int) -> int:
+    return dilation * (kernel - 1) + 1
+
+
+def same_padding(
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    stride: int | Pair = 1,
+    dilation: int | Pair = 1,
+) -> Padding:
+    """The ``((top, bottom), (left, right))`` padding that makes the output ``ceil(in / stride)``.
+
+    Example:
+        >>> same_padding(224, 3)
+        ((1, 1), (1, 1))
+        >>> same_padding(224, 4)
+        ((1, 2), (1, 2))
+    """
+    size, k, s, d = (pair(input_size, "input size"), pair(kernel_size, "kernel_size"),
+                     pair(stride, "stride"), pair(dilation, "dilation"))
+    _check_positive(s, "stride", "the step between filter positions; 1 visits every pixel")
+    _check_positive(d, "dilation", "the spacing between kernel taps; 1 is a plain kernel")
+    _check_positive(k, "kernel_size", "the filter's height and width")
+    result = []
+    for n, kk, ss, dd in zip(size, k, s, d):
+        out = -(-n // ss)
+        total = max((out - 1) * ss + _effective(kk, dd) - n, 0)
+        result.append((total // 2, total - total // 2))
+    return (result[0], result[1])
+
+
+def resolve_padding(
+    padding: int | Pair | str,
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    stride: int | Pair = 1,
+    dilation: int | Pair = 1,
+) -> Padding:
+    """Turn any accepted padding into ``((top, bottom), (left, right))``, validating it.
+
+    Raises:
+        ConfigError: negative padding, an unknown padding word, or padding so large that whole
+            rows or columns of the map would see nothing but padding.
+    """
+    if isinstance(padding, str):
+        word = padding.lower()
+        if word == "valid":
+            return ((0, 0), (0, 0))
+        if word == "same":
+            return same_padding(input_size, kernel_size, stride=stride, dilation=dilation)
+        raise ConfigError(
+            f"padding must be an integer, a pair, 'same' or 'valid', got '{padding}'."
+        )
+    p = pair(padding, "padding")
+    for v in p:
+        if v < 0:
+            raise ConfigError(
+                f"padding must be >= 0, got {v} (padding adds rows and columns around the "
+                "input; use 0 for none)."
+            )
+    k, d = pair(kernel_size, "kernel_size"), pair(dilation, "dilation")
+    for axis, (pp, kk, dd) in enumerate(zip(p, k, d)):
+        eff = _effective(kk, dd)
+        if pp > eff - 1:
+            what = "rows" if axis == 0 else "columns"
+            raise ConfigError(
+                f"padding {pp} is larger than kernel {kk} with dilation {dd} allows "
+                f"(at most {eff - 1} = {dd} * ({kk} - 1)): the outer {what} of the map would "
+                "see nothing but padding. Use a smaller padding or 'same'."
+            )
+    return ((p[0], p[0]), (p[1], p[1]))
+
+
+def output_size(
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    stride: int | Pair = 1,
+    padding: int | Pair | str = 0,
+    dilation: int | Pair = 1,
+) -> Pair:
+    """Height and width of the feature map a convolution produces.
+
+    Args:
+        input_size: ``H`` or ``(H, W)`` of the input.
+        kernel_size: ``k`` or ``(kH, kW)``.
+        stride, dilation: int or pair, positive.
+        padding: int, pair, ``'same'`` or ``'valid'``.
+
+    Returns:
+        ``(H', W')``.
+
+    Raises:
+        ConfigError: with the formula and the user's numbers when the output would be empty.
+
+    Example:
+        >>> output_size(224, 7, stride=2, padding=3)
+        (112, 112)
+    """
+    size, k = pair(input_size, "input size"), pair(kernel_size, "kernel_size")
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    _check_positive(size, "input size", "the height and width of the input")
+    _check_positive(k, "kernel_size", "the filter's height and width")
+    _check_positive(s, "stride", "the step between filter positions; 1 visits every pixel")
+    _check_positive(d, "dilation", "the spacing between kernel taps; 1 is a plain kernel")
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d)
+    outs = [(n + sum(pp) - _effective(kk, dd)) // ss + 1
+            for n, pp, kk, dd, ss in zip(size, pads, k, d, s)]
+    if min(outs) <= 0:
+        axis = 0 if outs[0] <= 0 else 1
+        n, pp, kk, dd, ss = size[axis], pads[axis], k[axis], d[axis], s[axis]
+        eff = _effective(kk, dd)
+        pad_text = f"2*{pp[0]}" if pp[0] == pp[1] else f"{pp[0]}+{pp[1]}"
+        shown = "x".join(str(max(o, 0)) for o in outs)
+        raise ConfigError(
+            f"kernel {kk} with dilation {dd} does not fit input {n} + {pad_text} padding: "
+            f"output would be {shown} (({n} + {sum(pp)} - {eff}) // {ss} + 1 <= 0). "
+            "Use a smaller kernel or dilation, or more padding."
+        )
+    return (outs[0], outs[1])
+
+
+def formula(
+    input_size: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    dilation: int = 1,
+) -> str:
+    """The output-size formula for one axis with the numbers put in, as text."""
+    eff = _effective(kernel_size, dilation)
+    out = (input_size + sum(padding) - eff) // stride + 1
+    pad = f"2*{padding[0]}" if padding[0] == padding[1] else f"{padding[0]}+{padding[1]}"
+    dil = f"{dilation}*({kernel_size}-1)-1" if dilation != 1 else f"{kernel_size}"
+    return f"({input_size} + {pad} - {dil}) // {stride} + 1 = {out}"
+
+
+@dataclass(frozen=True)
+class ConvCost:
+    """Shape and cost of one convolution layer.
+
+    Attributes:
+        input_shape: ``(C, H, W)``.
+        output_shape: ``(D, H', W')``; D is the depth, the number of filters.
+        padding: ``((top, bottom), (left, right))`` actually applied.
+        macs: multiply-accumulates for one image: ``D * H' * W' * (C / groups) * kH * kW``.
+        params: weights plus biases.
+        output_bytes: bytes of the feature maps of one image at ``bytes_per_value``.
+        formulas: the output-size formula per axis with the numbers put in.
+    """
+
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int, int, int]
+    kernel_size: Pair
+    stride: Pair
+    dilation: Pair
+    padding: Padding
+    groups: int
+    macs: int
+    params: int
+    output_bytes: int
+    formulas: tuple[str, str]
+
+    def __str__(self) -> str:
+        c, h, w = self.input_shape
+        d, oh, ow = self.output_shape
+        return "\n".join([
+            f"input   {c} x {h} x {w}  (channels x height x width)",
+            f"output  {d} x {oh} x {ow}  (depth x height x width)",
+            f"height  {self.formulas[0]}",
+            f"width   {self.formulas[1]}",
+            f"MACs    {self.macs:,}  ({_human(self.macs)} multiply-adds)",
+            f"params  {self.params:,}",
+            f"output  {self.output_bytes:,} bytes ({_human(self.output_bytes)}B)",
+        ])
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}".rstrip()
+        n /= 1000
+    return f"{n:.3g} P"
+
+
+def conv_cost(
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    depth: int,
+    in_channels: int = 3,
+    stride: int | Pair = 1,
+    padding: int | Pair | str = 0,
+    dilation: int | Pair = 1,
+    groups: int = 1,
+    bias: bool = True,
+    bytes_per_value: int = 4,
+) -> ConvCost:
+    """Output shape, MACs, parameters and output bytes of one convolution.
+
+    Example:
+        >>> conv_cost(224, 3, depth=64, stride=2, padding=1).output_shape
+        (64, 112, 112)
+    """
+    size, k = pair(input_size, "input size"), pair(kernel_size, "kernel_size")
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    for value, name in ((depth, "depth"), (in_channels, "in_channels"), (groups, "groups")):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if in_channels % groups or depth % groups:
+        raise ConfigError(
+            f"groups {groups} must divide both in_channels {in_channels} and depth {depth}."
+        )
+    oh, ow = output_size(size, k, stride=s, padding=padding, dilation=d)
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d)
+    per_out = (in_channels // groups) * k[0] * k[1]
+    formulas = (
+        formula(size[0], k[0], stride=s[0], padding=pads[0], dilation=d[0]),
+        formula(size[1], k[1], stride=s[1], padding=pads[1], dilation=d[1]),
+    )
+    return ConvCost(
+        input_shape=(in_channels, size[0], size[1]),
+        output_shape=(depth, oh, ow),
+        kernel_size=k, stride=s, dilation=d, padding=pads, groups=groups,
+        macs=depth * oh * ow * per_out,
+        params=depth * per_out + (depth if bias else 0),
+        output_bytes=depth * oh * ow * bytes_per_value,
+        formulas=formulas,
+    )
+
+
+@dataclass(frozen=True)
+class RFStep:
+    """Receptive-field bookkeeping after one layer, per axis.
+
+    Attributes:
+        size: receptive-field size in input pixels.
+        jump: distance in input pixels between neighbouring output positions (cumulative stride).
+        start: input coordinate of the centre of the first output position's field.
+    """
+
+    size: float
+    jump: float
+    start: float
+
+
+def rf_step(
+    previous: RFStep,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> RFStep:
+    """Grow a receptive field through one layer (one axis).
+
+    Example:
+        >>> rf_step(RFStep(1, 1, 0.5), 3, padding=1)
+        RFStep(size=3, jump=1, start=0.5)
+    """
+    eff = _effective(kernel_size, dilation)
+    return RFStep(
+        size=previous.size + (eff - 1) * previous.jump,
+        jump=previous.jump * stride,
+        start=previous.start + ((eff - 1) / 2 - padding) * previous.jump,
+    )

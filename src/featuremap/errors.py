@@ -1,0 +1,60 @@
+"""The one exception hierarchy of featuremap.
+
+Every error a user can cause is a :class:`FeaturemapError` (a ``ValueError``) whose message says
+what was asked, what was found, and how to fix it. The CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "FeaturemapError",
+    "ConfigError",
+    "ImageError",
+    "UnknownNameError",
+    "did_you_mean",
+    "unknown_name",
+]
+
+
+class FeaturemapError(ValueError):
+    """Base class of every error featuremap raises on bad input."""
+
+
+class ConfigError(FeaturemapError):
+    """Impossible settings: stride, padding, kernel size, dilation, groups, positions."""
+
+
+class ImageError(FeaturemapError):
+    """An image that is missing, unreadable, too large or of an unsupported kind."""
+
+
+class UnknownNameError(FeaturemapError):
+    """A name (filter, sample, model, layer, ...) that is not known; carries suggestions."""
+
+    def __init__(self, message: str, *, suggestions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.suggestions = suggestions or []
+
+
+def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> list[str]:
+    """Return up to ``n`` candidates close to ``name``, best first (case-insensitive)."""
+    pool = list(dict.fromkeys(candidates))
+    lowered = {c.lower(): c for c in pool}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    prefix = [c for c in pool if c.lower().startswith(name.lower()) and c.lower() not in close]
+    return ([lowered[c] for c in close] + prefix)[:n]
+
+
+def unknown_name(kind: str, name: str, candidates: Iterable[str], *, hint: str = "") -> UnknownNameError:
+    """Build an :class:`UnknownNameError` with a did-you-mean and a hint on how to list names."""
+    pool = list(candidates)
+    suggestions = did_you_mean(name, pool)
+    message = f"Unknown {kind} '{name}'."
+    if suggestions:
+        message += " Did you mean " + " or ".join(f"'{s}'" for s in suggestions) + "?"
+    if hint:
+        message += f" {hint}"
+    return UnknownNameError(message, suggestions=suggestions)
