@@ -1,0 +1,332 @@
+"""The transparent convolution engine (NumPy).
+
+``conv2d`` computes exactly what ``torch.nn.functional.conv2d`` computes (cross-correlation, as
+every deep-learning framework does: kernels are not flipped), with stride, padding (zeros,
+reflect, replicate, circular), dilation, groups and any depth. ``explain`` shows the products
+behind one value of the output.
+
+The implementation is vectorised: the input windows are gathered into columns (im2col) and
+multiplied by the filters as one matrix product; for large inputs the ``kH * kW`` shifted copies
+of the input are multiplied tap by tap and accumulated instead. No Python loop runs over pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featuremap.arithmetic import Padding, output_size, pair, resolve_padding
+from featuremap.errors import ConfigError
+
+__all__ = ["Explanation", "conv2d", "explain", "pad"]
+
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                 "circular": "wrap"}
+
+
+def _as_input(input: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Return a float32 ``(N, C, H, W)`` array and whether the input had no batch axis."""
+    x = np.asarray(input)
+    if x.ndim not in (3, 4):
+        raise ConfigError(
+            f"input must be (C, H, W) or (N, C, H, W), got an array of shape {tuple(x.shape)}."
+        )
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise ConfigError(f"input must hold real numbers, got dtype {x.dtype}.")
+    x = x.astype(np.float32, copy=False)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def _check_weight(weight: np.ndarray, bias: np.ndarray | None, channels: int,
+                  groups: int) -> tuple[np.ndarray, np.ndarray | None]:
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 4:
+        raise ConfigError(
+            f"weight must be (D, C // groups, kH, kW), got an array of shape {tuple(w.shape)}."
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ConfigError(f"groups must be a positive integer, got {groups!r}.")
+    if channels % groups or w.shape[0] % groups:
+        raise ConfigError(
+            f"groups {groups} must divide both the input channels ({channels}) and the depth "
+            f"({w.shape[0]})."
+        )
+    if w.shape[1] != channels // groups:
+        raise ConfigError(
+            f"weight of shape {tuple(w.shape)} expects {w.shape[1] * groups} input channels "
+            f"(with groups={groups}), but the input has {channels}."
+        )
+    if bias is None:
+        return w, None
+    b = np.asarray(bias, dtype=np.float32)
+    if b.shape != (w.shape[0],):
+        raise ConfigError(f"bias must have shape ({w.shape[0]},), got {tuple(b.shape)}.")
+    return w, b
+
+
+def _resolve(shape: tuple[int, int], weight: np.ndarray, stride, padding, dilation,
+             padding_mode: str) -> tuple[tuple[int, int], tuple[int, int], Padding, tuple[int, int]]:
+    if padding_mode not in PADDING_MODES:
+        raise ConfigError(
+            f"padding_mode must be one of {', '.join(PADDING_MODES)}, got '{padding_mode}'."
+        )
+    k = (int(weight.shape[2]), int(weight.shape[3]))
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    out_hw = output_size(shape, k, stride=s, padding=padding, dilation=d)  # with formula
+    pads = resolve_padding(padding, shape, k, stride=s, dilation=d)
+    if padding_mode in ("reflect", "circular"):
+        limit = {"reflect": "<", "circular": "<="}[padding_mode]
+        for (p0, p1), n in zip(pads, shape):
+            if max(p0, p1) > n - (padding_mode == "reflect"):
+                raise ConfigError(
+                    f"{padding_mode} padding {max(p0, p1)} needs padding {limit} the input "
+                    f"size {n}; use padding_mode 'zeros' or 'replicate', or less padding."
+                )
+    return s, d, pads, out_hw
+
+
+def pad(input: np.ndarray, padding: Padding, *, mode: str = "zeros") -> np.ndarray:
+    """Pad the last two axes by ``((top, bottom), (left, right))`` with a torch padding mode."""
+    width = [(0, 0)] * (input.ndim - 2) + [tuple(padding[0]), tuple(padding[1])]
+    if all(p == (0, 0) for p in width):
+        return input
+    return np.pad(input, width, mode=PADDING_MODES[mode])
+
+
+def conv2d(
+    input: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
+    """Compute feature maps: slide every filter over the input (cross-correlation, as torch).
+
+    Args:
+        input: ``(C, H, W)`` or ``(N, C, H, W)``, any real dtype (computed in float32).
+        weight: ``(D, C // groups, kH, kW)``; D, the depth, is the number of feature maps.
+        bias: ``(D,)`` or None.
+        stride: step between filter positions, int or ``(sh, sw)``.
+        padding: int, ``(ph, pw)``, ``'same'`` or ``'valid'`` (see ``featuremap.arithmetic``).
+        dilation: spacing between kernel taps.
+        groups: input channels and filters are split into this many independent groups.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+
+    Returns:
+        float32 feature maps ``(D, H', W')``, or ``(N, D, H', W')`` for a batched input.
+
+    Raises:
+        ConfigError: impossible shapes or settings, with the arithmetic that fails.
+
+    Example:
+        >>> x = np.ones((1, 5, 5), np.float32); w = np.ones((2, 1, 3, 3), np.float32)
+        >>> conv2d(x, w, padding=1).shape
+        (2, 5, 5)
+    """
+    x, unbatched = _as_input(input)
+    n, c, h, wd = x.shape
+    w, b = _check_weight(weight, bias, c, groups)
+    s, d, pads, _ = _resolve((h, wd), w, stride, padding, dilation, padding_mode)
+    xp = pad(x, pads, mode=padding_mode)
+    out = _correlate(xp, w, s, d, groups)
+    if b is not None:
+        out += b[None, :, None, None]
+    return out[0] if unbatched else out
+
+
+IM2COL_BYTES = 32 * 2**20  # above this the tap-by-tap products are faster (less fresh memory)
+
+
+def _correlate(xp: np.ndarray, w: np.ndarray, stride: tuple[int, int],
+               dilation: tuple[int, int], groups: int) -> np.ndarray:
+    """Valid cross-correlation of a padded ``(N, C, H, W)`` input by matrix products.
+
+    Either one product with the gathered patches (im2col: every input window laid out as a
+    column) or, when that buffer would be large, ``kH * kW`` products of the shifted input with
+    one kernel tap each, accumulated.
+    """
+    n, c, h, wd = xp.shape
+    depth, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd - dw * (kw - 1) - 1) // sw + 1
+    xg = xp.reshape(n, groups, cg, h, wd)
+    wg = w.reshape(groups, depth // groups, cg, kh, kw)
+
+    def tap(i: int, j: int) -> np.ndarray:  # the input under kernel tap (i, j), (N, G, Cg, OH, OW)
+        return xg[..., i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                  j * dw: j * dw + sw * (ow - 1) + 1: sw]
+
+    if n * c * kh * kw * oh * ow * 4 <= IM2COL_BYTES:
+        cols = np.empty((n, groups, cg, kh, kw, oh, ow), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, :, i, j] = tap(i, j)
+        out = np.matmul(wg.reshape(groups, -1, cg * kh * kw),
+                        cols.reshape(n, groups, cg * kh * kw, oh * ow))
+    else:
+        out = np.zeros((n, groups, depth // groups, oh * ow), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                out += np.matmul(wg[None, :, :, :, i, j], tap(i, j).reshape(n, groups, cg, -1))
+    return out.reshape(n, depth, oh, ow)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The arithmetic behind one value of a feature map.
+
+    Attributes:
+        at: ``(d, y, x)``: map (filter) index and position in the map.
+        channels: the input channels the filter sees (all of its group).
+        rows, cols: input coordinates of each kernel tap (may lie in the padding: < 0 or >= H/W).
+        patch: ``(C_g, kH, kW)`` input values under the kernel, padding cells included.
+        padded: ``(kH, kW)`` bool, True where the tap falls in the padding.
+        kernel: ``(C_g, kH, kW)`` the filter's weights.
+        products: ``patch * kernel``.
+        bias: the filter's bias (0.0 when there is none).
+        value: ``products.sum() + bias``, equal to the feature map at ``at``.
+    """
+
+    at: tuple[int, int, int]
+    channels: tuple[int, ...]
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    patch: np.ndarray
+    padded: np.ndarray
+    kernel: np.ndarray
+    products: np.ndarray
+    bias: float
+    value: float
+    settings: dict = field(default_factory=dict)
+    channel_names: tuple[str, ...] = ()
+    map_name: str = ""
+
+    def __str__(self) -> str:
+        return format_explanation(self)
+
+
+def explain(
+    input: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    at: tuple[int, int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    map_name: str = "",
+    channel_names: tuple[str, ...] = (),
+) -> Explanation:
+    """Show the patch x kernel products whose sum is one value of ``conv2d``'s output.
+
+    Args:
+        input: ``(C, H, W)`` (or ``(1, C, H, W)``).
+        weight, bias, stride, padding, dilation, groups, padding_mode: as in :func:`conv2d`.
+        at: ``(d, y, x)``: which map and which position in it.
+        map_name, channel_names: optional labels for the printed form.
+
+    Returns:
+        An :class:`Explanation`; ``print()`` it for the arithmetic as text.
+
+    Raises:
+        ConfigError: bad settings, or ``at`` outside the output (the message gives its shape).
+
+    Example:
+        >>> x = np.arange(9, dtype=np.float32).reshape(1, 3, 3)
+        >>> explain(x, np.ones((1, 1, 3, 3)), at=(0, 0, 0)).value
+        36.0
+    """
+    x, _ = _as_input(input)
+    if x.shape[0] != 1:
+        raise ConfigError(f"explain takes one image (C, H, W), got a batch of {x.shape[0]}.")
+    c, h, wd = x.shape[1:]
+    w, b = _check_weight(weight, bias, c, groups)
+    s, d, pads, out_hw = _resolve((h, wd), w, stride, padding, dilation, padding_mode)
+    dd, y, xx = _check_at(at, (w.shape[0], *out_hw))
+    kh, kw = w.shape[2:]
+    rows = [y * s[0] - pads[0][0] + i * d[0] for i in range(kh)]
+    cols = [xx * s[1] - pads[1][0] + j * d[1] for j in range(kw)]
+    cg = w.shape[1]
+    group = dd // (w.shape[0] // groups)
+    channels = tuple(range(group * cg, (group + 1) * cg))
+    xp = pad(x[0], pads, mode=padding_mode)
+    patch = xp[np.ix_(channels, [r + pads[0][0] for r in rows], [q + pads[1][0] for q in cols])]
+    padded = np.logical_or.outer([r < 0 or r >= h for r in rows], [q < 0 or q >= wd for q in cols])
+    kernel = w[dd]
+    products = patch * kernel
+    bias_value = float(b[dd]) if b is not None else 0.0
+    settings = {"stride": s, "padding": pads, "dilation": d, "groups": groups,
+                "padding_mode": padding_mode, "output_shape": (w.shape[0], *out_hw)}
+    return Explanation(
+        at=(dd, y, xx), channels=channels, rows=tuple(rows), cols=tuple(cols),
+        patch=patch, padded=padded, kernel=kernel, products=products, bias=bias_value,
+        value=float(products.sum(dtype=np.float64) + bias_value), settings=settings,
+        channel_names=tuple(channel_names), map_name=map_name,
+    )
+
+
+def _check_at(at, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in at)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3:
+        raise ConfigError(f"at must be (map, y, x), three integers, got {at!r}.")
+    names = ("map", "y", "x")
+    for v, n, name in zip(values, shape, names):
+        if not 0 <= v < n:
+            raise ConfigError(
+                f"at {values} is outside the output of shape {shape} (depth x height x width): "
+                f"{name} must be in 0..{n - 1}."
+            )
+    return values
+
+
+def _fmt_grid(a: np.ndarray, mark: np.ndarray | None = None, width: int = 7) -> list[str]:
+    lines = []
+    for r in range(a.shape[0]):
+        cells = []
+        for q in range(a.shape[1]):
+            text = f"{a[r, q]:.3g}"
+            if mark is not None and mark[r, q]:
+                text = f"[{text}]"
+            cells.append(text.rjust(width))
+        lines.append(" ".join(cells))
+    return lines
+
+
+def format_explanation(e: Explanation) -> str:
+    """The printed form of an :class:`Explanation`: patch, kernel and products per channel."""
+    st = e.settings
+    (pt, pb), (pl, pr) = st["padding"]
+    d, y, x = e.at
+    name = f" ({e.map_name})" if e.map_name else ""
+    head = [
+        f"map {d}{name}, row {y}, col {x} of an output {' x '.join(map(str, st['output_shape']))}",
+        f"stride {st['stride']}, padding top/bottom {pt}/{pb} left/right {pl}/{pr} "
+        f"({st['padding_mode']}), dilation {st['dilation']}, groups {st['groups']}",
+        f"input rows {e.rows[0]}..{e.rows[-1]}, cols {e.cols[0]}..{e.cols[-1]}"
+        + ("   [v] = padding cell" if e.padded.any() else ""),
+    ]
+    width = max(7, max(len(f"[{v:.3g}]") for v in np.concatenate(
+        [e.patch.ravel(), e.kernel.ravel(), e.products.ravel()])) + 1)
+    body = []
+    for k, ch in enumerate(e.channels):
+        label = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
+        body.append(f"\n{label}: patch x kernel = products (sum {e.products[k].sum():.6g})")
+        cols = [_fmt_grid(e.patch[k], e.padded, width), _fmt_grid(e.kernel[k], None, width),
+                _fmt_grid(e.products[k], None, width)]
+        for r in range(len(cols[0])):
+            sep = ("  x  ", "  =  ") if r == len(cols[0]) // 2 else ("     ", "     ")
+            body.append(cols[0][r] + sep[0] + cols[1][r] + sep[1] + cols[2][r])
+    total = e.products.sum(dtype=np.float64)
+    tail = [f"\nsum of products {total:.6g} + bias {e.bias:.6g} = {e.value:.6g}"]
+    return "\n".join(head + body + tail)

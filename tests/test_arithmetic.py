@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featuremap.arithmetic import (
+    RFStep,
+    conv_cost,
+    output_size,
+    resolve_padding,
+    rf_step,
+    same_padding,
+)
+from featuremap.errors import ConfigError
+
+
+@st.composite
+def conv_settings(draw):
+    k = draw(st.integers(1, 7))
+    d = draw(st.integers(1, 3))
+    eff = d * (k - 1) + 1
+    p = draw(st.integers(0, eff - 1))
+    s = draw(st.integers(1, 4))
+    n = draw(st.integers(max(1, eff - 2 * p), 40))
+    return n, k, s, p, d
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv_settings())
+def test_output_size_matches_torch(case):
+    n, k, s, p, d = case
+    conv = torch.nn.Conv2d(1, 1, k, stride=s, padding=p, dilation=d, bias=False)
+    with torch.no_grad():
+        real = conv(torch.zeros(1, 1, n, n + 1)).shape[-2:]
+    assert output_size((n, n + 1), k, stride=s, padding=p, dilation=d) == tuple(real)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 7), st.integers(1, 3))
+def test_same_padding_matches_torch_at_stride_1(n, k, d):
+    conv = torch.nn.Conv2d(1, 1, k, padding="same", dilation=d, bias=False)
+    x = torch.randn(1, 1, n, n)
+    (top, bottom), (left, right) = same_padding(n, k, dilation=d)
+    padded = torch.nn.functional.pad(x, (left, right, top, bottom))
+    with torch.no_grad():
+        expected = conv(x)
+        got = torch.nn.functional.conv2d(padded, conv.weight, dilation=d)
+    assert output_size(n, k, padding="same", dilation=d) == (n, n)
+    torch.testing.assert_close(got, expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 50), st.integers(1, 7), st.integers(1, 4))
+def test_same_padding_gives_ceil_at_any_stride(n, k, s):
+    assert output_size(n, k, stride=s, padding="same") == (-(-n // s),) * 2
+
+
+def test_valid_is_zero_padding():
+    assert resolve_padding("valid", 10, 3) == ((0, 0), (0, 0))
+    assert output_size(10, 3, padding="valid") == (8, 8)
+
+
+def test_pairs_per_axis():
+    assert output_size((32, 20), (3, 5), stride=(1, 2), padding=(1, 2)) == (32, 10)
+
+
+def test_error_kernel_too_large_names_formula():
+    with pytest.raises(ConfigError) as err:
+        output_size(224, 300)
+    msg = str(err.value)
+    assert "kernel 300 with dilation 1 does not fit input 224 + 2*0 padding" in msg
+    assert "output would be 0x0" in msg
+    assert "((224 + 0 - 300) // 1 + 1 <= 0)" in msg
+
+
+@pytest.mark.parametrize("stride", [0, -2])
+def test_error_stride(stride):
+    with pytest.raises(ConfigError, match=f"stride must be a positive integer, got {stride}"):
+        output_size(10, 3, stride=stride)
+
+
+def test_error_negative_padding():
+    with pytest.raises(ConfigError, match="padding must be >= 0, got -1"):
+        output_size(10, 3, padding=-1)
+
+
+def test_error_padding_larger_than_kernel_allows():
+    with pytest.raises(ConfigError, match="padding 3 is larger than kernel 3 with dilation 1"):
+        output_size(10, 3, padding=3)
+
+
+@pytest.mark.parametrize("bad", ["full", 1.5, (1, 2, 3), True])
+def test_error_bad_padding_value(bad):
+    with pytest.raises(ConfigError):
+        output_size(10, 3, padding=bad)
+
+
+def test_conv_cost_matches_torch_layer():
+    cost = conv_cost(224, 3, depth=64, in_channels=3, stride=2, padding=1)
+    layer = torch.nn.Conv2d(3, 64, 3, stride=2, padding=1)
+    with torch.no_grad():
+        out = layer(torch.zeros(1, 3, 224, 224))
+    assert cost.output_shape == tuple(out.shape[1:])
+    assert cost.params == sum(p.numel() for p in layer.parameters())
+    assert cost.macs == 64 * 112 * 112 * 3 * 9
+    assert cost.output_bytes == out.numel() * 4
+    assert cost.formulas[0] == "(224 + 2*1 - 3) // 2 + 1 = 112"
+    assert "MACs" in str(cost)
+
+
+def test_conv_cost_groups():
+    cost = conv_cost(56, 3, depth=64, in_channels=64, groups=64, padding=1)
+    layer = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    assert cost.params == sum(p.numel() for p in layer.parameters())
+    with pytest.raises(ConfigError, match="groups 3 must divide"):
+        conv_cost(56, 3, depth=64, in_channels=64, groups=3)
+
+
+def test_rf_step_chain_vgg_block():
+    rf = RFStep(1, 1, 0.5)
+    for _ in range(2):
+        rf = rf_step(rf, 3, padding=1)
+    rf = rf_step(rf, 2, stride=2)
+    assert (rf.size, rf.jump) == (6, 2)
