@@ -22,7 +22,16 @@ _EXPORTS = {
     "list_samples": "featuremap.images",
 }
 
-__all__ = ["FeaturemapError", "__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "FeaturemapError",
+    "__version__",
+    "conv2d",
+    "conv_cost",
+    "filter_bank",
+    "list_samples",
+    "load_image",
+    "output_size",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size

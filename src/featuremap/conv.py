@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featuremap.arithmetic import Padding, output_size, pair, resolve_padding
+from featuremap.arithmetic import Padding, Pair, output_size, pair, resolve_padding
 from featuremap.errors import ConfigError
 
 __all__ = ["Explanation", "conv2d", "explain", "pad"]
@@ -66,7 +66,7 @@ def _check_weight(weight: np.ndarray, bias: np.ndarray | None, channels: int,
 
 
 def _resolve(shape: tuple[int, int], weight: np.ndarray, stride, padding, dilation,
-             padding_mode: str) -> tuple[tuple[int, int], tuple[int, int], Padding, tuple[int, int]]:
+             padding_mode: str) -> tuple[Pair, Pair, Padding, Pair]:
     if padding_mode not in PADDING_MODES:
         raise ConfigError(
             f"padding_mode must be one of {', '.join(PADDING_MODES)}, got '{padding_mode}'."

@@ -48,7 +48,9 @@ def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> list[st
     return ([lowered[c] for c in close] + prefix)[:n]
 
 
-def unknown_name(kind: str, name: str, candidates: Iterable[str], *, hint: str = "") -> UnknownNameError:
+def unknown_name(
+    kind: str, name: str, candidates: Iterable[str], *, hint: str = ""
+) -> UnknownNameError:
     """Build an :class:`UnknownNameError` with a did-you-mean and a hint on how to list names."""
     pool = list(candidates)
     suggestions = did_you_mean(name, pool)
