@@ -20,17 +20,25 @@ _EXPORTS = {
     "filter_bank": "featuremap.filters",
     "load_image": "featuremap.images",
     "list_samples": "featuremap.images",
+    "compute_maps": "featuremap.toy",
+    "explain_value": "featuremap.toy",
+    "plot_maps": "featuremap.plot",
+    "plot_comparison": "featuremap.plot",
 }
 
 __all__ = [
     "FeaturemapError",
     "__version__",
+    "compute_maps",
     "conv2d",
     "conv_cost",
+    "explain_value",
     "filter_bank",
     "list_samples",
     "load_image",
     "output_size",
+    "plot_comparison",
+    "plot_maps",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.conv import conv2d
     from featuremap.filters import filter_bank
     from featuremap.images import list_samples, load_image
+    from featuremap.plot import plot_comparison, plot_maps
+    from featuremap.toy import compute_maps, explain_value
 
 
 def __getattr__(name: str) -> Any:

@@ -43,32 +43,36 @@ def _tutorial(report: Report, image, short_side: int) -> tuple:
     return maps
 
 
+def _strip(report: Report, image, short_side: int, what: str, variants, caption: str) -> None:
+    """One comparison strip and its table of shapes: variants are (label, compute_maps kwargs)."""
+    panels, rows = [], []
+    for label, kwargs in variants:
+        m = compute_maps(image, short_side=short_side, **kwargs)
+        panels.append(plot.Panel(label, m.maps, m.names))
+        rows.append((label, m.shape, m.cost.formulas[0], f"{m.cost.macs:,}"))
+    report.subsection(what)
+    report.figure(plot.plot_comparison(panels, title=what), caption)
+    report.table(["setting", "output (depth x H x W)", "height formula", "MACs"], rows)
+
+
 def _tuning(report: Report, image, short_side: int) -> None:
     report.section("Tuning: stride, padding, depth",
                    "Stride is the jump between filter positions: stride N shrinks the map N "
                    "times. Padding appends pixels around the border, so the map keeps the input's "
                    "size. Depth is the number of filters: N filters give N maps.")
-    common = dict(short_side=short_side)
-    panels = []
-    for s in STRIDES:
-        m = compute_maps(image, "sobel,laplacian,gaussian:2", stride=s, padding="same", **common)
-        panels.append(plot.Panel(f"stride {s}, padding same", m.maps, m.names))
-    report.figure(plot.plot_comparison(panels, title="stride"),
-                  "The same four filters at stride 1, 2 and 4.")
-    panels = []
-    for p in (0, "same"):
-        m = compute_maps(image, "gabor:4", padding=p, **common)
-        panels.append(plot.Panel(f"padding {p} ({m.cost.formulas[0]})", m.maps, m.names))
-    report.figure(plot.plot_comparison(panels, title="padding"),
-                  "Padding 0 loses a border of (kernel - 1) / 2 pixels on each side; 'same' "
-                  "padding keeps the size.")
-    panels = []
-    for depth in (4, 16):
-        m = compute_maps(image, "sobel,laplacian,gabor:13", depth=depth, padding="same",
-                         **common)
-        panels.append(plot.Panel(f"depth {depth}", m.maps, m.names))
-    report.figure(plot.plot_comparison(panels, title="depth"),
-                  "Depth 4 against depth 16: one feature map per filter.")
+    four = "sobel,laplacian,gaussian:2"
+    _strip(report, image, short_side, "Stride",
+           [(f"stride {s}, padding same", dict(filters=four, stride=s, padding="same"))
+            for s in STRIDES],
+           "The same four filters at stride 1, 2 and 4, drawn at one pixel scale.")
+    _strip(report, image, short_side, "Padding",
+           [(f"padding {p}", dict(filters="gabor:4", padding=p)) for p in (0, "same")],
+           "Padding 0 loses a border of (kernel - 1) / 2 pixels on each side; 'same' padding "
+           "keeps the input's size.")
+    _strip(report, image, short_side, "Depth",
+           [(f"depth {d}", dict(filters="sobel,laplacian,gabor:13", depth=d, padding="same"))
+            for d in (4, 16)],
+           "Depth 4 against depth 16: one feature map per filter.")
 
 
 def _explain(report: Report, image, short_side: int, maps) -> None:

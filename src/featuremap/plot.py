@@ -125,15 +125,10 @@ class Panel:
     names: tuple[str, ...] = ()
 
 
-def _mosaic(maps: np.ndarray, columns: int, gap: int) -> np.ndarray:
-    d, h, w = maps.shape
-    rows = math.ceil(d / columns)
-    out = np.full((rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap), np.nan,
-                  np.float32)
-    for i in range(d):
-        r, c = divmod(i, columns)
-        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = maps[i]
-    return out
+def _tile_layout(d: int, h: int, w: int, gap: int) -> tuple[int, list[tuple[int, int]]]:
+    """Columns of a square-ish tiling of d maps, and each map's top-left corner."""
+    columns = max(1, math.ceil(math.sqrt(d)))
+    return columns, [((i // columns) * (h + gap), (i % columns) * (w + gap)) for i in range(d)]
 
 
 def plot_comparison(
@@ -142,17 +137,21 @@ def plot_comparison(
     title: str = "",
     normalise: str = "per-map",
     inches: float = 3.2,
+    max_maps: int = 16,
 ) -> Figure:
     """The same filters under different settings side by side, drawn at one pixel scale.
 
-    Each panel tiles its maps (up to 16) and is drawn at the same pixels-per-inch as the others,
-    so a stride-2 map really looks half as wide; the output shape is written under each panel.
+    Each panel tiles its maps (up to ``max_maps``) and is drawn at the same pixels-per-inch as
+    the others, so a stride-2 map really looks half as wide; the output shape is written under
+    each panel.
 
     Args:
         panels: the settings to compare.
         title: the figure title.
-        normalise: ``'per-map'`` (each map stretched to its own range) or ``'shared'``.
+        normalise: ``'per-map'`` (each map on its own scale: diverging around zero for signed
+            maps, sequential otherwise) or ``'shared'`` (one scale for every map).
         inches: width of the largest panel.
+        max_maps: maps shown per panel.
 
     Returns:
         A matplotlib ``Figure``.
@@ -161,42 +160,38 @@ def plot_comparison(
         raise ConfigError("plot_comparison needs at least one panel.")
     if normalise not in ("per-map", "shared"):
         raise ConfigError(f"normalise must be 'per-map' or 'shared', got '{normalise}'.")
-    arrays = [_check_maps(p.maps)[:16] for p in panels]
-    if normalise == "per-map":
-        arrays = [np.stack([_stretch(m) for m in a]) for a in arrays]
-    scale = Scale(DIVERGING, -1, 1) if normalise == "per-map" else Scale.of(
-        np.concatenate([a.ravel() for a in arrays]))
-    gap = max(2, max(a.shape[2] for a in arrays) // 40)
-    mosaics = [_mosaic(a, max(1, math.ceil(math.sqrt(a.shape[0]))), gap) for a in arrays]
-    big_h = max(m.shape[0] for m in mosaics)
-    big_w = max(m.shape[1] for m in mosaics)
-    fig = _figure(inches * len(panels) + 0.4, inches * big_h / big_w + 1.3)
-    for k, (panel, mosaic, a) in enumerate(zip(panels, mosaics, arrays)):
+    arrays = [_check_maps(p.maps) for p in panels]
+    shown = [a[:max_maps] for a in arrays]
+    shared = None if normalise == "per-map" else Scale.of(
+        np.concatenate([a.ravel() for a in shown]))
+    gap = max(2, max(a.shape[2] for a in shown) // 40)
+    extents = []
+    for a in shown:
+        cols, corners = _tile_layout(*a.shape, gap)
+        rows = math.ceil(a.shape[0] / cols)
+        extents.append((rows * (a.shape[1] + gap) - gap, cols * (a.shape[2] + gap) - gap))
+    big_h, big_w = max(e[0] for e in extents), max(e[1] for e in extents)
+    fig = _figure(inches * len(panels), inches * big_h / big_w + 0.75, layout="constrained")
+    for k, (panel, a, full) in enumerate(zip(panels, shown, arrays)):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap=scale.cmap, vmin=scale.vmin,
-                  vmax=scale.vmax, interpolation="nearest", extent=(0, mosaic.shape[1],
-                                                                     mosaic.shape[0], 0))
+        _, corners = _tile_layout(*a.shape, gap)
+        for m, (y, x) in zip(a, corners):
+            s = shared or Scale.of(m)
+            ax.imshow(m, cmap=s.cmap, vmin=s.vmin, vmax=s.vmax, interpolation="nearest",
+                      extent=(x, x + m.shape[1], y + m.shape[0], y))
         ax.set_xlim(0, big_w)
         ax.set_ylim(big_h, 0)
-        ax.set_facecolor("white")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        shape = _check_maps(panel.maps).shape
-        shown = f" (first {a.shape[0]} shown)" if shape[0] > a.shape[0] else ""
+        more = f" (first {a.shape[0]} shown)" if full.shape[0] > a.shape[0] else ""
         ax.set_title(panel.label, fontsize=9)
-        ax.set_xlabel(f"{shape[0]} x {shape[1]} x {shape[2]}{shown}", fontsize=9)
-    note = ("each map stretched to its own range" if normalise == "per-map"
-            else f"shared scale [{scale.vmin:.3g}, {scale.vmax:.3g}]")
+        ax.set_xlabel(" x ".join(map(str, full.shape)) + more, fontsize=9)
+    note = ("each map on its own scale" if shared is None
+            else f"shared scale [{shared.vmin:.3g}, {shared.vmax:.3g}]")
     fig.suptitle(f"{title} (all panels at the same pixel scale; {note})".strip(), fontsize=10)
     return fig
-
-
-def _stretch(m: np.ndarray) -> np.ndarray:
-    """Map values to [-1, 1] keeping zero at zero for signed maps, [0, 1] otherwise."""
-    top = float(np.abs(m).max()) or 1.0
-    return m / top
 
 
 def plot_image(image: np.ndarray, *, title: str = "", inches: float = 4.0) -> Figure:

@@ -1,0 +1,200 @@
+"""The command line: every command runs, and every bad input is one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featuremap.cli import main
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out = capsys.readouterr()
+    code = stop.value.code if stop.value.code is not None else 0
+    return code, out.out, out.err
+
+
+def run_ok(argv, capsys) -> str:
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    return out
+
+
+def run_error(argv, capsys) -> str:
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_conv_prints_table_and_writes_grid(photo, tmp_path, capsys):
+    out_png = tmp_path / "maps.png"
+    out = run_ok(["conv", str(photo), "--filters", "sobel,gabor:4", "--stride", "2",
+                  "--padding", "same", "--out", str(out_png)], capsys)
+    assert "sobel_x" in out and "gabor_45deg" in out and "20 x 24" in out
+    assert "(40 + 8+9 - 19) // 2 + 1 = 20" in out
+    assert "MACs" in out
+    with Image.open(out_png) as im:
+        assert im.size[0] > 300
+
+
+def test_conv_default_out_never_overwrites(photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maps.png").write_bytes(b"precious")
+    run_ok(["conv", str(photo)], capsys)
+    assert (tmp_path / "maps.png").read_bytes() == b"precious"
+    assert (tmp_path / "maps-1.png").stat().st_size > 0
+
+
+def test_conv_per_channel_and_depth(photo, tmp_path, capsys):
+    out = run_ok(["conv", str(photo), "-f", "sobel,laplacian", "--depth", "2", "--channels",
+                  "per-channel", "--out", str(tmp_path / "m.png")], capsys)
+    assert "sobel_y[B]" in out and "laplacian" not in out
+
+
+def test_shape_prints_formula_macs_bytes(capsys):
+    out = run_ok(["shape", "--input", "224", "--kernel", "3", "--stride", "2", "--padding", "1",
+                  "--depth", "64"], capsys)
+    assert "64 x 112 x 112" in out
+    assert "(224 + 2*1 - 3) // 2 + 1 = 112" in out
+    assert "21,676,032" in out and "3,211,264 bytes" in out
+
+
+def test_explain_engine(photo, capsys):
+    out = run_ok(["explain", str(photo), "--filters", "sobel", "--at", "1,0,5", "--padding",
+                  "1"], capsys)
+    assert "sobel_y" in out and "[0]" in out and "sum of products" in out
+
+
+def test_samples_and_filters_list(capsys):
+    assert "sample:astronaut" in run_ok(["samples"], capsys)
+    assert "gabor" in run_ok(["filters"], capsys)
+
+
+def test_demo_writes_self_contained_html(tmp_path, capsys):
+    target = tmp_path / "demo.html"
+    out = run_ok(["demo", "--out", str(target), "--short-side", "64"], capsys)
+    assert str(target) in out.replace("\n", "")
+    text = target.read_text()
+    assert text.count("data:image/png;base64,") >= 5
+    assert "src=\"http" not in text and "href=\"http" not in text
+    for words in ("stride 4", "depth 16", "sum of products"):
+        assert words in text
+
+
+def test_version(capsys):
+    assert "featuremap" in run_ok(["--version"], capsys)
+
+
+# ------------------------------------------------------------------------------ bad input
+def _truncated(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    path = tmp_path / f"cut.{fmt}"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda t: t / "nope.png", "does not exist"),
+        (lambda t: t, "is a directory"),
+        (lambda t: (t / "empty.png").write_bytes(b"") and t / "empty.png" or t / "empty.png",
+         "empty"),
+        (lambda t: _truncated(t, "png"), "truncated"),
+        (lambda t: _truncated(t, "jpg"), "truncated"),
+        (lambda t: (t / "notes.png").write_text("hello") and t / "notes.png", "not an image"),
+    ],
+    ids=["missing", "directory", "zero-bytes", "truncated-png", "truncated-jpeg", "text-file"],
+)
+def test_bad_image_files(tmp_path, capsys, make, expect):
+    line = run_error(["conv", str(make(tmp_path)), "--out", str(tmp_path / "o.png")], capsys)
+    assert expect in line.lower()
+
+
+def test_unknown_sample(capsys):
+    line = run_error(["conv", "sample:astronot"], capsys)
+    assert "astronaut" in line and "featuremap samples" in line
+
+
+def test_unknown_filter_did_you_mean(photo, capsys):
+    line = run_error(["conv", str(photo), "--filters", "sobol"], capsys)
+    assert "Did you mean 'sobel'" in line
+
+
+@pytest.mark.parametrize("stride", ["0", "-2"])
+def test_bad_stride(photo, capsys, stride):
+    line = run_error(["conv", str(photo), f"--stride={stride}"], capsys)
+    assert f"stride must be a positive integer, got {stride}" in line
+
+
+def test_negative_padding(photo, capsys):
+    assert "padding must be >= 0" in run_error(["conv", str(photo), "--padding=-1"], capsys)
+
+
+def test_kernel_larger_than_padded_input(tmp_path, capsys):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    line = run_error(["conv", str(path), "--filters", "gabor:2"], capsys)
+    assert "does not fit input 8" in line and "output would be" in line
+
+
+def test_at_outside_the_map(photo, capsys):
+    line = run_error(["explain", str(photo), "--at", "0,40,0"], capsys)
+    assert "outside the output" in line
+
+
+def test_out_into_missing_folder(photo, tmp_path, capsys):
+    line = run_error(["conv", str(photo), "--out", str(tmp_path / "no" / "maps.png")], capsys)
+    assert "does not exist" in line
+
+
+def test_bad_option_syntax(photo, capsys):
+    assert "--at must be D,Y,X" in run_error(["explain", str(photo), "--at", "1,2"], capsys)
+    assert "--stride must be" in run_error(["conv", str(photo), "--stride", "a"], capsys)
+
+
+def test_impossible_shape(capsys):
+    line = run_error(["shape", "--input", "224", "--kernel", "300"], capsys)
+    assert "((224 + 0 - 300) // 1 + 1 <= 0)" in line
+
+
+def test_console_script_exit_code_and_no_torch_on_help(tmp_path):
+    code = ("import sys; from featuremap.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, 'heavy import'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = subprocess.run([sys.executable, "-m", "featuremap", "conv", str(tmp_path / "x.png")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_public_api_is_lazy_and_complete():
+    code = ("import sys, featuremap\n"
+            "assert 'numpy' not in sys.modules and 'torch' not in sys.modules\n"
+            "for name in featuremap.__all__:\n    getattr(featuremap, name)\n"
+            "assert 'torch' not in sys.modules and 'matplotlib.pyplot' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
