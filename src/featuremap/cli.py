@@ -116,7 +116,7 @@ def conv(
                     shared_scale=shared_scale)
     save_figure(fig, target)
     _print_table(maps.stats(), f"{len(maps.names)} feature maps of {image}")
-    _console().print(str(maps.cost), highlight=False)
+    typer.echo(str(maps.cost))
     _console().print(f"wrote {target}")
 
 
@@ -151,7 +151,7 @@ def shape(
                      in_channels=in_channels, stride=_pair_opt(stride, "stride"),
                      padding=_padding_opt(padding), dilation=_pair_opt(dilation, "dilation"),
                      groups=groups)
-    _console().print(str(cost), highlight=False)
+    typer.echo(str(cost))
 
 
 @app.command(epilog="Examples:\n\n  featuremap explain sample:camera --filters sobel --at 0,100,120"
@@ -177,7 +177,7 @@ def explain(
                       padding=_padding_opt(padding), dilation=_pair_opt(dilation, "dilation"),
                       padding_mode=padding_mode, channels=channels, seed=seed,
                       short_side=short_side, max_pixels=max_pixels)
-    _console().print(str(e), highlight=False, markup=False)
+    typer.echo(str(e))
 
 
 @app.command(epilog="Example:\n\n  featuremap samples")
