@@ -480,3 +480,41 @@ def test_to_uint8_hwc_round_trips():
 def test_to_uint8_hwc_refuses_bad_arrays(bad):
     with pytest.raises(ImageError):
         to_uint8_hwc(bad)
+
+
+# ------------------------------------------------------------------------------ Preprocess
+def test_preprocess_matches_torchvision_normalise_and_crop():
+    import torch
+    from torchvision.transforms import v2
+
+    from featuremap.images import Preprocess
+
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 40, 50), dtype=np.float32)
+    pre = Preprocess(resize=None, crop=32)
+    ours = pre(image)
+    pipeline = v2.Compose([v2.CenterCrop(32), v2.Normalize(pre.mean, pre.std)])
+    expected = pipeline(torch.from_numpy(image.copy())).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_preprocess_resize_crop_and_channels():
+    from featuremap.images import Preprocess
+
+    assert Preprocess(resize=64, crop=56)("sample:chelsea").shape == (3, 56, 56)
+    assert Preprocess(resize=32, crop=None)("sample:coffee").shape == (3, 32, 48)
+    grey = Preprocess(resize=None, crop=None, mean=(0.5,), std=(0.5,), channels=1)
+    out = grey(np.ones((3, 8, 8), np.float32))
+    assert out.shape == (1, 8, 8) and np.allclose(out, 1.0)
+    rgb = Preprocess(resize=None, crop=None).load(np.zeros((1, 4, 4), np.float32))
+    assert rgb.shape == (3, 4, 4)
+    assert "centre crop 224x224" in Preprocess().describe()
+
+
+def test_center_crop_pads_small_images():
+    from featuremap.images import center_crop
+
+    small = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
+    assert center_crop(small, 4).shape == (1, 4, 4)
+    big = np.arange(36, dtype=np.float32).reshape(1, 6, 6)
+    np.testing.assert_array_equal(center_crop(big, 2)[0], [[14, 15], [20, 21]])

@@ -21,6 +21,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featuremap.errors import ImageError, unknown_name
 
-__all__ = ["MODES", "list_samples", "load_image", "sample_path", "to_uint8_hwc"]
+__all__ = [
+    "MODES",
+    "Preprocess",
+    "center_crop",
+    "list_samples",
+    "load_image",
+    "sample_path",
+    "to_uint8_hwc",
+]
 
 ImageSource = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
@@ -522,3 +531,77 @@ def _resize_short_side(image: np.ndarray, short_side: int, max_pixels: int | Non
         for channel in image
     ]
     return np.clip(np.stack(channels), 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- preprocessing
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a network expects of an image: resize, centre crop, normalise (as torchvision's
+    ``weights.transforms()``).
+
+    Attributes:
+        resize: resize so the shorter side has this many pixels (None: keep the size).
+        crop: centre-crop to ``crop x crop`` after resizing (None: no crop).
+        mean, std: per-channel normalisation applied to values in ``[0, 1]``.
+        channels: 3 for RGB networks, 1 for grey ones.
+
+    Example:
+        >>> Preprocess(resize=256, crop=224)("sample:astronaut").shape
+        (3, 224, 224)
+    """
+
+    resize: int | None = 256
+    crop: int | None = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+
+    def load(self, source: ImageSource, *, max_pixels: int | None = 50_000_000) -> np.ndarray:
+        """Load, resize and crop ``source``: ``(C, H, W)`` in ``[0, 1]``, not yet normalised."""
+        if isinstance(source, np.ndarray) and source.ndim == 3 and source.shape[0] in (1, 3):
+            image = source.astype(np.float32, copy=False)
+            if image.shape[0] != self.channels:
+                image = (np.repeat(image, 3, axis=0) if self.channels == 3
+                         else np.tensordot(_LUMA, image, axes=1)[None])
+            if self.resize is not None:
+                image = _resize_short_side(image, self.resize, max_pixels)
+        else:
+            image = load_image(source, mode="rgb" if self.channels == 3 else "gray",
+                               short_side=self.resize, max_pixels=max_pixels)
+        return center_crop(image, self.crop) if self.crop is not None else image
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """Apply mean and std to a ``(C, H, W)`` image in ``[0, 1]``."""
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        return ((image - mean) / std).astype(np.float32)
+
+    def __call__(self, source: ImageSource, *, max_pixels: int | None = 50_000_000) -> np.ndarray:
+        """Load and prepare ``source`` for the network: ``(C, H, W)`` float32, normalised."""
+        return self.normalise(self.load(source, max_pixels=max_pixels))
+
+    def describe(self) -> str:
+        """One line, e.g. ``resize 256, centre crop 224, normalise mean (...) std (...)``."""
+        parts = [f"resize short side to {self.resize}" if self.resize else "no resize"]
+        if self.crop:
+            parts.append(f"centre crop {self.crop}x{self.crop}")
+        parts.append("normalise mean (" + ", ".join(f"{m:.3g}" for m in self.mean) + ") std ("
+                     + ", ".join(f"{s:.3g}" for s in self.std) + ")")
+        return ", ".join(parts)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` region of a ``(C, H, W)`` image (padded by edge values if
+    the image is smaller)."""
+    _, h, w = image.shape
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        image = np.pad(image, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)),
+                       mode="edge")
+        _, h, w = image.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[:, top: top + size, left: left + size]
