@@ -78,7 +78,8 @@ def _free_path(name: str) -> Path:
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Not a terminal (a pipe, a file): wide enough that tables are never squeezed.
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -227,6 +228,174 @@ def demo(
                           short_side=short_side,
                           progress=lambda msg: status.update(f"building: {msg}"))
     console.print(f"wrote {path.resolve()}")
+
+
+# ------------------------------------------------------------------------ networks and layers
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="Model name (see 'featuremap models'), e.g. shapes, resnet18, "
+    "timm:resnet50.")]
+WeightsOpt = Annotated[str, typer.Option(
+    help="none (random init), DEFAULT, a torchvision weights name, or a .pth/.pt/.safetensors "
+    "file.")]
+
+
+def _load(model: str, weights: str):
+    """load_model with the CLI's weights words; its notes go to stderr as 'note: ...'."""
+    import warnings
+
+    from featuremap.zoo import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = load_model(model, weights=None if weights.lower() == "none" else weights)
+    for note in loaded.notes:
+        typer.echo(f"note: {note}", err=True)
+    return loaded
+
+
+def _notes(fm) -> None:
+    for note in fm.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command(epilog="Example:\n\n  featuremap models")
+def models() -> None:
+    """List the models --model accepts: the bundled one and torchvision's (timm:NAME too)."""
+    from rich.table import Table
+
+    from featuremap.zoo import list_models
+
+    table = Table(title="Models (any timm model as timm:NAME when timm is installed)")
+    table.add_column("name")
+    table.add_column("kind")
+    for name, kind in list_models().items():
+        table.add_row(name, kind)
+    _console().print(table)
+
+
+@app.command(epilog="Examples:\n\n  featuremap layers shapes\n\n"
+             "  featuremap layers resnet18 --type conv --input-size 224\n\n"
+             "  featuremap layers resnet50 --pattern 'layer*.0.conv*'")
+def layers(
+    model: Annotated[str, typer.Argument(help="Model name (see 'featuremap models').")],
+    weights: WeightsOpt = "none",
+    input_size: Annotated[str, typer.Option("--input-size", help="Input N or H,W "
+                                            "(default: the model's crop size).")] = "",
+    type: Annotated[str | None, typer.Option(
+        "--type", help="Keep modules whose type contains this, e.g. conv, pool, relu.")] = None,
+    pattern: Annotated[str | None, typer.Option(
+        help="Keep names matching this glob or regex, e.g. 'layer*.0.*'.")] = None,
+    leaves: Annotated[bool, typer.Option("--leaves", help="Only modules without children.")
+                      ] = False,
+) -> None:
+    """Every named module with its type, output shape, parameters and kernel/stride/padding."""
+    from rich.table import Table
+
+    from featuremap.layers import list_layers
+
+    loaded = _load(model, weights)
+    size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
+    infos = list_layers(loaded.module, input_size=size, types=type, pattern=pattern,
+                        leaves_only=leaves)
+    table = Table(title=f"{loaded.name}: {len(infos)} layers at input {_size_text(size)}")
+    for col in ("name", "type", "output shape", "params", "kernel", "stride", "padding",
+                "dilation", "total stride"):
+        table.add_column(col, justify="left" if col in ("name", "type") else "right",
+                         no_wrap=True)
+    for i in infos:
+        table.add_row("  " * (i.depth - 1) + i.name, i.type, _shape_text(i.output_shape),
+                      f"{i.params:,}", _tuple_text(i.kernel_size), _tuple_text(i.stride),
+                      _tuple_text(i.padding), _tuple_text(i.dilation),
+                      f"{i.cumulative_stride:g}" if i.cumulative_stride else "")
+    _console().print(table)
+
+
+def _input_size(loaded) -> int:
+    pre = loaded.preprocess
+    return pre.crop or pre.resize or 224
+
+
+def _size_text(size) -> str:
+    return f"{size}x{size}" if isinstance(size, int) else "x".join(map(str, size))
+
+
+def _shape_text(shape) -> str:
+    return " x ".join(map(str, shape)) if shape else "-"
+
+
+def _tuple_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+
+
+@app.command(epilog="Examples:\n\n  featuremap show sample:chelsea --model shapes --layer "
+             "backbone.block2.conv2 --out grid.png\n\n"
+             "  featuremap show photo.jpg -m resnet18 --weights DEFAULT --layer layer1 --top 32")
+def show(
+    image: Image,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (see 'featuremap "
+                                       "layers MODEL').")],
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    top: Annotated[int, typer.Option(help="Show the N channels with the highest mean "
+                                     "activation (0: all).")] = 16,
+    channels: Annotated[str | None, typer.Option(help="Show these channels, e.g. 0,5,9.")
+                        ] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: grid.png, never overwritten).")] = None,
+    shared_scale: Annotated[bool, typer.Option("--shared-scale", help="One colour scale for "
+                                               "all channels.")] = False,
+) -> None:
+    """The feature maps of one layer of a network, as a channel grid."""
+    from featuremap.extract import extract
+    from featuremap.plot import plot_layer, save_figure
+
+    loaded = _load(model, weights)
+    fm = extract(loaded, image, layers=[layer])
+    _notes(fm)
+    name = list(fm)[0]
+    chosen = [int(c) for c in _ints(channels, "channels", tuple(range(1, 4097)))] \
+        if channels else None
+    fig = plot_layer(fm, name, top=top or None, channels=chosen, shared_scale=shared_scale,
+                     note=f"weights: {loaded.weights}")
+    target = save_figure(fig, out or _free_path("grid.png"))
+    meta = fm.meta[name]
+    typer.echo(f"{loaded.name} {name} ({meta.type}): maps {_shape_text(meta.shape[1:])}"
+               + (f", stride {meta.stride[0]:g}" if meta.stride else "")
+               + f"; input {_shape_text(fm.input_shape[1:])}")
+    typer.echo(f"wrote {target}")
+
+
+@app.command(epilog="Examples:\n\n  featuremap overview sample:astronaut --model shapes\n\n"
+             "  featuremap overview photo.jpg -m resnet50 --weights DEFAULT --out overview.png")
+def overview(
+    image: Image,
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Comma-separated layers (default: the end of every stage).")] = None,
+    per_layer: Annotated[int, typer.Option("--per-layer", help="Channels per layer.")] = 8,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: overview.png, never overwritten).")] = None,
+) -> None:
+    """Feature maps from low to high layers: edges first, parts and objects later."""
+    from featuremap.extract import extract, overview_layers
+    from featuremap.plot import plot_overview, save_figure
+
+    loaded = _load(model, weights)
+    names = layers.split(",") if layers else overview_layers(
+        loaded.module, input_size=_input_size(loaded))
+    fm = extract(loaded, image, layers=names)
+    _notes(fm)
+    fig = plot_overview(fm, per_layer=per_layer, note=f"weights: {loaded.weights}")
+    target = save_figure(fig, out or _free_path("overview.png"))
+    for name, meta in fm.meta.items():
+        typer.echo(f"{name:32s} {meta.type:18s} {_shape_text(meta.shape[1:]):>16s}"
+                   + (f"  stride {meta.stride[0]:g}" if meta.stride else ""))
+    typer.echo(f"wrote {target}")
 
 
 def _version(value: bool) -> None:

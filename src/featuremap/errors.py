@@ -13,7 +13,9 @@ __all__ = [
     "FeaturemapError",
     "ConfigError",
     "ImageError",
+    "ModelError",
     "UnknownNameError",
+    "WeightsError",
     "did_you_mean",
     "unknown_name",
 ]
@@ -29,6 +31,14 @@ class ConfigError(FeaturemapError):
 
 class ImageError(FeaturemapError):
     """An image that is missing, unreadable, too large or of an unsupported kind."""
+
+
+class ModelError(FeaturemapError):
+    """A model that cannot be built: a missing optional package, a bad model argument."""
+
+
+class WeightsError(FeaturemapError):
+    """Weights that cannot be had or do not fit: offline, missing/corrupt file, wrong shapes."""
 
 
 class UnknownNameError(FeaturemapError):
