@@ -31,7 +31,7 @@ def run_error(argv, capsys) -> str:
     code, out, err = run(argv, capsys)
     assert code == 2, (out, err)
     assert "Traceback" not in err + out
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ")
     return lines[0]
@@ -198,3 +198,86 @@ def test_public_api_is_lazy_and_complete():
             "assert 'torch' not in sys.modules and 'matplotlib.pyplot' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------- networks
+def test_models_lists_bundled_and_torchvision(capsys):
+    out = run_ok(["models"], capsys)
+    assert "shapes" in out and "resnet18" in out and "fcn_resnet50" in out
+
+
+def test_layers_table_with_shapes_and_strides(capsys):
+    out = run_ok(["layers", "resnet18", "--type", "conv", "--input-size", "64"], capsys)
+    assert "layer1.0.conv1" in out and "64 x 16 x 16" in out and "20 layers" in out
+
+
+def test_show_writes_grid_and_notes_random_weights(photo, tmp_path, capsys):
+    target = tmp_path / "grid.png"
+    code, out, err = run(["show", str(photo), "-m", "resnet18", "--weights", "random",
+                          "--layer", "layer1", "--top", "4", "--out", str(target)], capsys)
+    assert code == 0, err
+    assert "note: random weights" in err
+    assert "64 x 56 x 56" in out and "stride 4" in out
+    with Image.open(target) as im:
+        assert im.size[0] > 200
+
+
+def test_overview_default_layers(photo, tmp_path, capsys):
+    target = tmp_path / "ov.png"
+    out = run_ok(["overview", str(photo), "-m", "resnet18", "--weights", "random",
+                  "--per-layer", "3", "--out", str(target)], capsys)
+    for name in ("conv1", "layer1", "layer4"):
+        assert name in out
+    assert target.stat().st_size > 0
+
+
+def test_grey_image_into_rgb_model_is_converted_with_a_note(tmp_path, capsys):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8)).save(path)
+    code, _, err = run(["show", str(path), "-m", "resnet18", "--weights", "random", "--layer",
+                        "conv1", "--out", str(tmp_path / "g.png")], capsys)
+    assert code == 0 and "greyscale" in err
+
+
+def test_unknown_model_did_you_mean(photo, capsys):
+    line = run_error(["show", str(photo), "-m", "resnet19", "--layer", "conv1"], capsys)
+    assert "Did you mean 'resnet18'" in line and "featuremap models" in line
+
+
+def test_unknown_layer_did_you_mean(photo, capsys):
+    line = run_error(["show", str(photo), "-m", "resnet18", "--weights", "random", "--layer",
+                      "layer5"], capsys)
+    assert "Did you mean 'layer4'" in line and "featuremap layers resnet18" in line
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "other-architecture"])
+def test_bad_weights_files(photo, tmp_path, capsys, kind):
+    import torch
+    import torchvision
+
+    path = tmp_path / "w.pth"
+    if kind == "corrupt":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "other-architecture":
+        torch.save(torchvision.models.vgg11().state_dict(), path)
+    line = run_error(["show", str(photo), "-m", "resnet18", "--weights", str(path), "--layer",
+                      "conv1"], capsys)
+    expect = {"missing": "does not exist", "corrupt": "corrupt",
+              "other-architecture": "does not fit resnet18"}[kind]
+    assert expect in line
+
+
+def test_weights_file_loads(photo, tmp_path, capsys):
+    import torch
+    import torchvision
+
+    path = tmp_path / "w.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    out = run_ok(["show", str(photo), "-m", "resnet18", "--weights", str(path), "--layer",
+                  "layer2", "--out", str(tmp_path / "g.png")], capsys)
+    assert "128 x 28 x 28" in out
+
+
+def test_input_too_small_names_the_layer(tmp_path, capsys):
+    line = run_error(["layers", "vgg11", "--input-size", "16"], capsys)
+    assert "too small" in line and "features." in line

@@ -367,5 +367,6 @@ def test_shapes_meta_with_a_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     assert model.module is module and model.categories == ("circle", "square")
     assert model.preprocess == Preprocess(resize=64, crop=64, mean=(0.5,) * 3, std=(0.2,) * 3)
     assert (model.task, model.weights) == ("classification", "bundled")
+    assert load_model("shapes", weights="DEFAULT").module is module
     with pytest.raises(WeightsError, match="has its own weights"):
-        load_model("shapes", weights="DEFAULT")
+        load_model("shapes", weights="IMAGENET1K_V1")

@@ -235,8 +235,8 @@ ModelOpt = Annotated[str, typer.Option(
     "--model", "-m", help="Model name (see 'featuremap models'), e.g. shapes, resnet18, "
     "timm:resnet50.")]
 WeightsOpt = Annotated[str, typer.Option(
-    help="none (random init), DEFAULT, a torchvision weights name, or a .pth/.pt/.safetensors "
-    "file.")]
+    help="DEFAULT (trained: the bundled model's, or torchvision's from torch's cache), random, "
+    "a torchvision weights name, or a .pth/.pt/.safetensors file.")]
 
 
 def _load(model: str, weights: str):
@@ -247,7 +247,7 @@ def _load(model: str, weights: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        loaded = load_model(model, weights=None if weights.lower() == "none" else weights)
+        loaded = load_model(model, weights=weights)
     for note in loaded.notes:
         typer.echo(f"note: {note}", err=True)
     return loaded
@@ -278,7 +278,7 @@ def models() -> None:
              "  featuremap layers resnet50 --pattern 'layer*.0.conv*'")
 def layers(
     model: Annotated[str, typer.Argument(help="Model name (see 'featuremap models').")],
-    weights: WeightsOpt = "none",
+    weights: WeightsOpt = "random",
     input_size: Annotated[str, typer.Option("--input-size", help="Input N or H,W "
                                             "(default: the model's crop size).")] = "",
     type: Annotated[str | None, typer.Option(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Model", "RANDOM_NOTE", "list_models", "load_model"]
 
+RANDOM = "random"  # weights="random" (or "none"): random init, for any model, the bundled one too
 RANDOM_NOTE = (
     "random weights: untrained maps show no learned features; pass weights='DEFAULT' or a file"
 )
@@ -125,7 +126,9 @@ def load_model(
         name_or_module: ``"shapes"`` (the bundled model), a torchvision model name (see
             :func:`list_models`), ``"timm:NAME"`` (needs ``pip install 'featuremap[timm]'``), or
             an ``nn.Module`` (wrapped as is, ImageNet preprocessing assumed).
-        weights: ``None`` (random init, with a warning), ``"DEFAULT"`` or a weights name, a
+        weights: ``None`` or ``"random"`` (random init, with a warning; for ``"shapes"``,
+            ``None`` and ``"DEFAULT"`` mean its bundled weights and only ``"random"`` gives an
+            untrained copy), ``"DEFAULT"`` or a weights name, a
             ``.pth`` / ``.pt`` / ``.safetensors`` path, or a state dict (see the module docstring).
 
     Returns:
@@ -145,14 +148,20 @@ def load_model(
     """
     from torch import nn
 
+    if isinstance(weights, str) and weights.strip().lower() in (RANDOM, "none"):
+        weights = RANDOM
+    if isinstance(name_or_module, str) and name_or_module.strip().lower() == "shapes":
+        model = _from_shapes(weights)
+        if model.weights == "random init":
+            warnings.warn(f"{model.name}: {RANDOM_NOTE}", UserWarning, stacklevel=2)
+        return model
+    weights = None if weights == RANDOM else weights
     if isinstance(name_or_module, nn.Module):
         model = _from_module(name_or_module, weights)
     elif not isinstance(name_or_module, str) or not name_or_module.strip():
         raise ModelError(
             f"A model must be a name or an nn.Module, got {name_or_module!r}. {_MODELS_HINT}"
         )
-    elif name_or_module.strip().lower() == "shapes":
-        model = _from_shapes(weights)
     elif name_or_module.strip().lower().startswith("timm:"):
         model = _from_timm(name_or_module.strip()[5:], weights)
     else:
@@ -187,13 +196,18 @@ def _from_shapes(weights: Any) -> Model:
     from featuremap import shapenet
 
     module, meta = shapenet.bundled()
+    random = isinstance(weights, str) and weights.lower() == RANDOM
+    if random:  # the same architecture, untrained: to compare with what training learned
+        module = type(module)(**meta.get("config", {}))
     size = meta["input_size"]
     size = int(size[-1]) if isinstance(size, (tuple, list)) else int(size)
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
     preprocess = Preprocess(resize=size, crop=size, mean=mean, std=std, channels=len(mean))
     notes: list[str] = []
     described = str(meta.get("weights", "bundled"))
-    if weights is not None:
+    if random:
+        described, notes = "random init", [RANDOM_NOTE]
+    elif weights is not None and not (isinstance(weights, str) and weights.upper() == "DEFAULT"):
         if _weights_kind(weights) == "name":
             raise WeightsError(
                 f"The bundled model 'shapes' has its own weights; weights={weights!r} is not one "
