@@ -281,3 +281,22 @@ def test_weights_file_loads(photo, tmp_path, capsys):
 def test_input_too_small_names_the_layer(tmp_path, capsys):
     line = run_error(["layers", "vgg11", "--input-size", "16"], capsys)
     assert "too small" in line and "features." in line
+
+
+@pytest.mark.parametrize(("draw", "layer"), [("overlay", "layer2"), ("kernels", "conv1")])
+def test_show_overlay_and_kernels(photo, tmp_path, capsys, draw, layer):
+    target = tmp_path / f"{draw}.png"
+    run_ok(["show", str(photo), "-m", "resnet18", "--weights", "random", "--layer", layer,
+            "--draw", draw, "--out", str(target)], capsys)
+    with Image.open(target) as im:
+        assert im.size[0] > 200
+
+
+def test_show_bad_draw_and_kernels_of_a_container(photo, capsys):
+    base = ["show", str(photo), "-m", "resnet18", "--weights", "random"]
+    assert "--draw must be one of" in run_error(base + ["--layer", "conv1", "--draw", "x"],
+                                                capsys)
+    line = run_error(base + ["--layer", "layer1", "--draw", "kernels"], capsys)
+    assert "no convolution filters" in line
+    assert "--channels must be integers" in run_error(base + ["--layer", "conv1",
+                                                              "--channels", "a,b"], capsys)

@@ -331,9 +331,21 @@ def _tuple_text(value) -> str:
     return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
 
 
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be integers separated by commas, got '{text}'.") from None
+
+
+SHOW_KINDS = ("grid", "overlay", "kernels")
+
+
 @app.command(epilog="Examples:\n\n  featuremap show sample:chelsea --model shapes --layer "
              "backbone.block2.conv2 --out grid.png\n\n"
-             "  featuremap show photo.jpg -m resnet18 --weights DEFAULT --layer layer1 --top 32")
+             "  featuremap show photo.jpg -m resnet18 --weights DEFAULT --layer layer1 --top 32"
+             "\n\n  featuremap show photo.jpg -m resnet18 --layer layer3 --draw overlay"
+             "\n\n  featuremap show photo.jpg -m resnet18 --layer conv1 --draw kernels")
 def show(
     image: Image,
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (see 'featuremap "
@@ -344,25 +356,42 @@ def show(
                                      "activation (0: all).")] = 16,
     channels: Annotated[str | None, typer.Option(help="Show these channels, e.g. 0,5,9.")
                         ] = None,
+    draw: Annotated[str, typer.Option(help="grid (the maps), overlay (channel mean, or the "
+                                      "first --channels, over the image) or kernels (the "
+                                      "layer's filters).")] = "grid",
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: grid.png, never overwritten).")] = None,
     shared_scale: Annotated[bool, typer.Option("--shared-scale", help="One colour scale for "
                                                "all channels.")] = False,
 ) -> None:
-    """The feature maps of one layer of a network, as a channel grid."""
+    """The feature maps of one layer of a network: a channel grid, an overlay, or its filters."""
     from featuremap.extract import extract
-    from featuremap.plot import plot_layer, save_figure
+    from featuremap.plot import plot_filters, plot_layer, plot_overlay, save_figure
 
+    if draw not in SHOW_KINDS:
+        raise ConfigError(f"--draw must be one of {', '.join(SHOW_KINDS)}, got '{draw}'.")
     loaded = _load(model, weights)
     fm = extract(loaded, image, layers=[layer])
     _notes(fm)
-    name = list(fm)[0]
-    chosen = [int(c) for c in _ints(channels, "channels", tuple(range(1, 4097)))] \
-        if channels else None
-    fig = plot_layer(fm, name, top=top or None, channels=chosen, shared_scale=shared_scale,
-                     note=f"weights: {loaded.weights}")
+    name, meta = list(fm.meta.items())[0]
+    chosen = _int_list(channels, "channels") if channels else None
+    note = f"weights: {loaded.weights}"
+    if draw == "kernels":
+        weight = getattr(dict(loaded.module.named_modules())[name], "weight", None)
+        if weight is None or weight.dim() != 4:
+            raise ConfigError(f"layer '{name}' ({meta.type}) has no convolution filters to draw; "
+                              "pick a Conv2d layer (see 'featuremap layers MODEL --type conv').")
+        fig = plot_filters(weight.detach().cpu().numpy(), title=f"{loaded.name} {name}:")
+    elif draw == "overlay":
+        maps = fm.numpy()[name][0]
+        heat = maps[chosen[0]] if chosen else maps.mean(0)
+        what = f"channel {chosen[0]}" if chosen else f"mean of {maps.shape[0]} channels"
+        fig = plot_overlay(fm.images[0], heat, label=what,
+                           title=f"{loaded.name} {name} ({what}, {note})")
+    else:
+        fig = plot_layer(fm, name, top=top or None, channels=chosen, shared_scale=shared_scale,
+                         note=note)
     target = save_figure(fig, out or _free_path("grid.png"))
-    meta = fm.meta[name]
     typer.echo(f"{loaded.name} {name} ({meta.type}): maps {_shape_text(meta.shape[1:])}"
                + (f", stride {meta.stride[0]:g}" if meta.stride else "")
                + f"; input {_shape_text(fm.input_shape[1:])}")
