@@ -24,18 +24,30 @@ _EXPORTS = {
     "explain_value": "featuremap.toy",
     "plot_maps": "featuremap.plot",
     "plot_comparison": "featuremap.plot",
+    "load_model": "featuremap.zoo",
+    "list_models": "featuremap.zoo",
+    "list_layers": "featuremap.layers",
+    "extract": "featuremap.extract",
+    "FeatureMaps": "featuremap.extract",
+    "Extractor": "featuremap.extract",
 }
 
 __all__ = [
+    "Extractor",
+    "FeatureMaps",
     "FeaturemapError",
     "__version__",
     "compute_maps",
     "conv2d",
     "conv_cost",
     "explain_value",
+    "extract",
     "filter_bank",
+    "list_layers",
+    "list_models",
     "list_samples",
     "load_image",
+    "load_model",
     "output_size",
     "plot_comparison",
     "plot_maps",
@@ -44,10 +56,13 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
     from featuremap.conv import conv2d
+    from featuremap.extract import Extractor, FeatureMaps, extract
     from featuremap.filters import filter_bank
     from featuremap.images import list_samples, load_image
+    from featuremap.layers import list_layers
     from featuremap.plot import plot_comparison, plot_maps
     from featuremap.toy import compute_maps, explain_value
+    from featuremap.zoo import list_models, load_model
 
 
 def __getattr__(name: str) -> Any:
