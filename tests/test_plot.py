@@ -60,3 +60,82 @@ def test_save_figure_refuses_missing_folder(tmp_path, rng):
         save_figure(fig, tmp_path / "missing" / "x.png")
     with pytest.raises(ConfigError, match="is a folder"):
         save_figure(fig, tmp_path)
+
+
+# ------------------------------------------------------------------- maps of real networks
+@pytest.fixture
+def fm():
+    import torch
+    from torch import nn
+
+    from featuremap.extract import extract
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 10, 3, stride=2),
+                        nn.ReLU(), nn.Flatten())
+    return extract(net, ["sample:chelsea"], layers=["0", "1", "3"])
+
+
+def test_select_channels(rng):
+    from featuremap.plot import select_channels
+
+    maps = np.stack([np.full((2, 2), v, np.float32) for v in (0.1, 0.9, 0.5)])
+    assert select_channels(maps, top=2) == [1, 2]
+    assert select_channels(maps) == [0, 1, 2]
+    assert select_channels(maps, channels=[2, 0]) == [2, 0]
+    with pytest.raises(ConfigError, match="channel 7 is out of range"):
+        select_channels(maps, channels=[7])
+
+
+def test_plot_layer_top_k_titles(fm):
+    from featuremap.plot import plot_layer
+
+    fig = plot_layer(fm, "3", top=4, note="weights: random init")
+    title = fig._suptitle.get_text()
+    assert "top 4 of 10 by mean activation" in title and "stride 2" in title
+    assert "random init" in title
+    assert sum(1 for ax in fig.axes if ax.get_title().startswith("ch ")) == 4
+
+
+def test_plot_overview_one_row_per_layer(fm):
+    from featuremap.plot import plot_overview
+
+    fig = plot_overview(fm, per_layer=3)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert [label.split("\n")[0] for label in labels] == ["0", "1", "3"]
+    assert "10 x 111 x 111" in labels[-1]
+
+
+def test_overlay_and_filters(fm, tmp_path):
+    from featuremap.plot import plot_filters, plot_overlay, upsample
+
+    heat = fm.numpy()["3"][0].mean(0)
+    assert upsample(heat, (224, 224)).shape == (224, 224)
+    fig = plot_overlay(fm.images[0], heat, title="t", label="mean")
+    assert fig.axes[-1].get_ylabel() == "mean"
+    save_figure(fig, tmp_path / "o.png")
+    with pytest.raises(ConfigError, match="alpha"):
+        plot_overlay(fm.images[0], heat, alpha=2)
+    fig = plot_filters(np.random.default_rng(0).standard_normal((8, 3, 3, 3)), title="conv")
+    assert "8 filters 3x3 (RGB" in fig._suptitle.get_text()
+    fig = plot_filters(np.zeros((70, 4, 3, 3)))
+    assert "64 of 70" in fig._suptitle.get_text()
+
+
+def test_featuremaps_show_and_notebook_png(fm):
+    assert fm.show("0", top=2)._suptitle.get_text().startswith("Sequential 0")
+    png = fm._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layer_without_maps_is_refused():
+    import torch
+    from torch import nn
+
+    from featuremap.extract import extract
+    from featuremap.plot import plot_layer
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())
+    fm = extract(net, torch.randn(1, 3, 8, 8), layers=["1"])
+    with pytest.raises(ConfigError, match="not feature maps"):
+        plot_layer(fm, "1")
