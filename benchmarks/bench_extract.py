@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-from featuremap.extract import Extractor  # noqa: E402
+from featuremap.extract import Extractor, retain_memory  # noqa: E402
 
 
 def faults() -> int:
@@ -108,6 +108,40 @@ def report(result: dict, base: str, title: str) -> dict:
     return summary
 
 
+def run_phase(model, convs, x, mb: float, rounds: int) -> dict:
+    fx = create_feature_extractor(model, return_nodes=convs)
+    reuse = Extractor(model, convs, reuse_buffers=True)
+    fresh = Extractor(model, convs)
+    a = interleave({
+        "plain forward": plain(model),
+        "hooks keeping references": hooks_method(model, convs, clone=False),
+        "hooks with clone": hooks_method(model, convs, clone=True),
+        "torchvision create_feature_extractor": lambda x: fx(x),
+        "featuremap Extractor": lambda x: fresh(x),
+        "featuremap Extractor(reuse_buffers)": lambda x: reuse(x),
+    }, x, rounds)
+    sa = report(a, "plain forward", "(a) every Conv2d output, ratio to a plain forward")
+    t_copy = copy_time(int(mb * 1e6), rounds)
+    floor = 1 + t_copy / sa["plain forward"]["median_s"]
+    print(f"floor: one copy of the maps into mapped memory takes {t_copy * 1e3:.0f} ms "
+          f"({mb / 1e3 / t_copy:.1f} GB/s), so no extractor that keeps copies can beat "
+          f"{floor:.3f}x")
+    sa["floor"] = {"copy_s": t_copy, "ratio": floor}
+    fx1 = create_feature_extractor(model, return_nodes=["layer1"])
+    early = Extractor(model, ["layer1"])
+    b = interleave({
+        "full forward": plain(model),
+        "featuremap extract layer1 (early stop)": lambda x: early(x),
+        "torchvision create_feature_extractor": lambda x: fx1(x),
+    }, x, rounds)
+    sb = report(b, "full forward", "(b) layer1 only, ratio to the full forward")
+    ra = sa["featuremap Extractor(reuse_buffers)"]["ratio"]
+    rb = sb["featuremap extract layer1 (early stop)"]["ratio"]
+    print(f"\ntarget (a) <= 1.15x: {ra:.3f}x {'PASS' if ra <= 1.15 else 'FAIL'}; "
+          f"target (b) <= 0.34x: {rb:.3f}x {'PASS' if rb <= 0.34 else 'FAIL'}")
+    return {"a": sa, "b": sb}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -124,41 +158,18 @@ def main() -> None:
     del sizes
     print(f"resnet50, batch {args.batch}, 224x224, {len(convs)} Conv2d outputs = {mb:.0f} MB "
           f"of maps per batch; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    fx = create_feature_extractor(model, return_nodes=convs)
-    reuse = Extractor(model, convs, reuse_buffers=True)
-    fresh = Extractor(model, convs)
-    a = interleave({
-        "plain forward": plain(model),
-        "hooks keeping references": hooks_method(model, convs, clone=False),
-        "hooks with clone": hooks_method(model, convs, clone=True),
-        "torchvision create_feature_extractor": lambda x: fx(x),
-        "featuremap Extractor": lambda x: fresh(x),
-        "featuremap Extractor(reuse_buffers)": lambda x: reuse(x),
-    }, x, args.rounds)
-    sa = report(a, "plain forward", "(a) every Conv2d output, ratio to a plain forward")
-    t_copy = copy_time(int(mb * 1e6), args.rounds)
-    floor = 1 + t_copy / sa["plain forward"]["median_s"]
-    print(f"floor: one copy of the maps into mapped memory takes {t_copy * 1e3:.0f} ms "
-          f"({mb / 1e3 / t_copy:.1f} GB/s), so no extractor that keeps copies can beat "
-          f"{floor:.3f}x")
-    sa["floor"] = {"copy_s": t_copy, "ratio": floor}
-    fx1 = create_feature_extractor(model, return_nodes=["layer1"])
-    early = Extractor(model, ["layer1"])
-    b = interleave({
-        "full forward": plain(model),
-        "featuremap extract layer1 (early stop)": lambda x: early(x),
-        "torchvision create_feature_extractor": lambda x: fx1(x),
-    }, x, args.rounds)
-    sb = report(b, "full forward", "(b) layer1 only, ratio to the full forward")
-    ra = sa["featuremap Extractor(reuse_buffers)"]["ratio"]
-    rb = sb["featuremap extract layer1 (early stop)"]["ratio"]
-    print(f"\ntarget (a) <= 1.15x: {ra:.3f}x {'PASS' if ra <= 1.15 else 'FAIL'}; "
-          f"target (b) <= 0.34x: {rb:.3f}x {'PASS' if rb <= 0.34 else 'FAIL'}")
+    results = {}
+    for phase in ("glibc defaults", "retain_memory()"):
+        if phase == "retain_memory()" and not retain_memory():
+            print("\nretain_memory() is not available here (not glibc): skipped")
+            break
+        print(f"\n=== allocator: {phase} ===")
+        results[phase] = run_phase(model, convs, x, mb, args.rounds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": str(date.today()), "machine": platform.platform(),
                        "cpus": os.cpu_count(), "torch": torch.__version__,
-                       "batch": args.batch, "maps_mb": mb, "a": sa, "b": sb}, f, indent=2)
+                       "batch": args.batch, "maps_mb": mb, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,27 @@ def test_bad_model_and_images():
         extract(object(), torch.randn(1, 3, 8, 8), layers="a")
     with pytest.raises(ConfigError, match="no images given"):
         extract(Spy(), [], layers="a")
+
+
+def test_retain_memory_tunes_glibc_and_extraction_still_exact():
+    import platform
+
+    from featuremap.extract import retain_memory
+
+    tuned = retain_memory()
+    assert tuned is (platform.libc_ver()[0] == "glibc")
+    model = Spy().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = model.a(x)
+    torch.testing.assert_close(extract(model, x, layers="a")["a"], expected)
+
+
+def test_overview_layers_are_stage_ends():
+    from featuremap.extract import overview_layers
+
+    names = overview_layers(torchvision.models.resnet18(), input_size=64)
+    assert names == ["conv1", "relu", "layer1", "layer2", "layer3", "layer4"]
+    with pytest.raises(ConfigError, match="no layer with spatial feature maps"):
+        overview_layers(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), input_size=2,
+                        in_channels=3)

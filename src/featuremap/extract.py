@@ -27,7 +27,7 @@ from featuremap.errors import ConfigError
 from featuremap.images import Preprocess
 from featuremap.layers import resolve_layers
 
-__all__ = ["Extractor", "FeatureMaps", "LayerMeta", "extract"]
+__all__ = ["Extractor", "FeatureMaps", "LayerMeta", "extract", "overview_layers", "retain_memory"]
 
 
 class _Stop(Exception):
@@ -339,3 +339,32 @@ def overview_layers(module: nn.Module, *, input_size: int | tuple[int, int] = 22
     chosen += [name for name in stage_ends.values() if name not in chosen]
     order = {name: k for k, (name, _) in enumerate(module.named_modules())}
     return sorted(chosen, key=order.__getitem__)
+
+
+def retain_memory(*, mmap_threshold: int = 32 * 2**20, trim_threshold: int = 16 * 2**30,
+                  top_pad: int = 256 * 2**20) -> bool:
+    """Keep freed memory mapped in this process, so repeated forward passes stop page-faulting.
+
+    With glibc's defaults every large activation tensor is a fresh ``mmap`` that the kernel must
+    fault in and zero, page by page; on a CPU this can cost a quarter of a forward pass and
+    dominates early layers (see ``benchmarks/bench_extract.py``). This raises glibc's mmap and
+    trim thresholds (``mallopt``) so freed blocks are reused instead: the process's resident
+    memory then stays at its peak. It changes the whole process, so featuremap never calls it
+    on its own.
+
+    Returns:
+        True if the allocator was tuned, False where it is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(bool(mallopt(option, value)) for option, value in (
+        (m_mmap_threshold, mmap_threshold), (m_trim_threshold, trim_threshold),
+        (m_top_pad, top_pad)))
