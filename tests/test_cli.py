@@ -302,3 +302,27 @@ def test_show_bad_draw_and_kernels_of_a_container(photo, capsys):
     assert "no convolution filters" in line
     assert "--channels must be integers" in run_error(base + ["--layer", "conv1",
                                                               "--channels", "a,b"], capsys)
+
+
+def test_train_demo_small_budget_and_no_overwrite(tmp_path, capsys, photo):
+    out = tmp_path / "model"
+    text = run_ok(["train-demo", "--out", str(out), "--epochs", "1", "--n-train", "64",
+                   "--eval-n", "20"], capsys)
+    assert "held-out scenes (seed 12345, n 20)" in text
+    weights = out / "shapes.safetensors"
+    before = weights.read_bytes()
+    line = run_error(["train-demo", "--out", str(out), "--epochs", "1", "--n-train", "64"],
+                     capsys)
+    assert "pass --overwrite" in line and weights.read_bytes() == before
+    shown = run_ok(["show", str(photo), "-m", "shapes", "--weights", str(weights), "--layer",
+                    "backbone.block1", "--out", str(tmp_path / "g.png")], capsys)
+    assert "16 x 32 x 32" in shown
+
+
+def test_shapes_model_default_and_random(photo, tmp_path, capsys):
+    code, out, err = run(["show", str(photo), "--layer", "backbone.block4.relu2",
+                          "--out", str(tmp_path / "a.png")], capsys)
+    assert code == 0 and "128 x 8 x 8" in out and "random" not in err
+    code, _, err = run(["show", str(photo), "--weights", "random", "--layer",
+                        "backbone.block4", "--out", str(tmp_path / "b.png")], capsys)
+    assert code == 0 and "note: random weights" in err

@@ -85,11 +85,68 @@ def _explain(report: Report, image, short_side: int, maps) -> None:
     report.code(str(e))
 
 
+def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
+    """The bundled network's maps, low to high, on a generated scene and on the photo."""
+    import dataclasses
+
+    import torch
+
+    from featuremap.extract import extract, overview_layers
+    from featuremap.layers import list_layers
+    from featuremap.shapes import CLASSES, make_scene
+    from featuremap.zoo import load_model
+
+    model = load_model("shapes")
+    size = model.preprocess.crop or 64
+    layers = overview_layers(model.module, input_size=size)
+    scene = make_scene(scene_seed, size=size)
+    report.section(
+        "A network's feature maps, low to high",
+        "The bundled network (a small CNN trained on generated scenes of shapes) applies the "
+        "same operation layer after layer: early maps respond to edges and colours, later, "
+        "coarser maps to parts and whole shapes. Each row is one layer; its shape and cumulative "
+        "stride are written on the left.")
+    fm = extract(model, scene.image, layers=layers)
+    report.figure(plot.plot_overview(fm, note=f"a generated scene: a {CLASSES[scene.label]}"),
+                  f"The bundled network on a generated {size}x{size} scene whose main shape is a "
+                  f"{CLASSES[scene.label]}.")
+    bigger = dataclasses.replace(model, preprocess=dataclasses.replace(
+        model.preprocess, resize=photo_size, crop=photo_size))
+    fm = extract(bigger, image, layers=layers)
+    report.figure(plot.plot_overview(fm, note=f"the photo at {photo_size}x{photo_size}"),
+                  "The same layers on the photo: the network never saw a photo in training, yet "
+                  "its early layers still find edges and colour contrasts.")
+    first, conv = next((n, m) for n, m in model.module.named_modules()
+                       if isinstance(m, torch.nn.Conv2d))
+    weight = conv.weight.detach().numpy()
+    report.figure(plot.plot_filters(weight, title=f"{first}:"),
+                  "The learned filters of the first convolution.")
+    infos = list_layers(model.module, input_size=size, leaves_only=True)
+    report.subsection(f"The shape of every layer (input 3 x {size} x {size})")
+    report.table(["layer", "type", "output shape", "params", "kernel", "stride", "padding",
+                  "total stride"],
+                 [(i.name, i.type, i.output_shape or "-", f"{i.params:,}", _t(i.kernel_size),
+                   _t(i.stride), _t(i.padding), f"{i.cumulative_stride:g}"
+                   if i.cumulative_stride else "") for i in infos],
+                 "Output shapes from one forward pass (recognition). '-': the layer runs only "
+                 "in segment(), the segmentation head.")
+
+
+def _t(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+
+
 def build_demo(
     image: str = "sample:astronaut",
     *,
     out: str | Path = "featuremap-demo.html",
     short_side: int = 256,
+    scene_seed: int = 7,
+    photo_size: int = 160,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the demo report for ``image`` to ``out`` and return its path.
@@ -107,5 +164,7 @@ def build_demo(
     _tuning(report, image, short_side)
     say("one value explained")
     _explain(report, image, short_side, maps)
+    say("the bundled network")
+    _network(report, image, scene_seed=scene_seed, photo_size=photo_size)
     report.text(f"Built in {time.perf_counter() - start:.1f} s.")
     return report.save(out)

@@ -337,8 +337,13 @@ def overview_layers(module: nn.Module, *, input_size: int | tuple[int, int] = 22
         if len(stage_ends) >= 3:
             break
     chosen += [name for name in stage_ends.values() if name not in chosen]
-    order = {name: k for k, (name, _) in enumerate(module.named_modules())}
-    return sorted(chosen, key=order.__getitem__)
+    names = [name for name, _ in module.named_modules()]
+
+    def finished(name: str) -> tuple[int, int]:  # a container finishes after its last child
+        inside = [k for k, n in enumerate(names) if n == name or n.startswith(name + ".")]
+        return max(inside), -len(name)
+
+    return sorted(chosen, key=finished)
 
 
 def retain_memory(*, mmap_threshold: int = 32 * 2**20, trim_threshold: int = 16 * 2**30,
