@@ -239,8 +239,9 @@ WeightsOpt = Annotated[str, typer.Option(
     "a torchvision weights name, or a .pth/.pt/.safetensors file.")]
 
 
-def _load(model: str, weights: str):
-    """load_model with the CLI's weights words; its notes go to stderr as 'note: ...'."""
+def _load(model: str, weights: str, *, quiet: bool = False):
+    """load_model with the CLI's weights words; its notes go to stderr as 'note: ...' (unless
+    quiet: for commands whose output does not depend on the weights)."""
     import warnings
 
     from featuremap.zoo import load_model
@@ -248,7 +249,7 @@ def _load(model: str, weights: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         loaded = load_model(model, weights=weights)
-    for note in loaded.notes:
+    for note in [] if quiet else loaded.notes:
         typer.echo(f"note: {note}", err=True)
     return loaded
 
@@ -293,7 +294,7 @@ def layers(
 
     from featuremap.layers import list_layers
 
-    loaded = _load(model, weights)
+    loaded = _load(model, weights, quiet=True)
     size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
     infos = list_layers(loaded.module, input_size=size, types=type, pattern=pattern,
                         leaves_only=leaves)

@@ -124,8 +124,16 @@ def plot_maps(
         bar.ax.tick_params(labelsize=7)
     scale_text = "shared colour scale" if shared_scale else "each map on its own scale"
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}{d} feature maps of {h} x {w} ({scale_text})", fontsize=10)
+    fig.suptitle(_wrap(f"{head}{d} feature maps of {h} x {w} ({scale_text})", fig), fontsize=10)
     return fig
+
+
+def _wrap(text: str, fig: Figure, points: float = 10) -> str:
+    """Break a title into lines that fit the figure's width."""
+    import textwrap
+
+    chars = max(40, int(fig.get_figwidth() * 72 / (points * 0.55)))
+    return textwrap.fill(text, chars)
 
 
 @dataclass(frozen=True)
@@ -336,9 +344,9 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
                 ax.set_ylabel(f"{name}\n{' x '.join(map(str, maps.shape))}", fontsize=7.5,
                               rotation=0, ha="right", va="center")
     extra = f"; {note}" if note else ""
-    fig.suptitle(f"{fm.model_name}: feature maps from low to high layers (strongest "
-                 f"{per_layer} channels per layer, each on its own scale{extra})".strip(),
-                 fontsize=10)
+    fig.suptitle(_wrap(f"{fm.model_name}: feature maps from low to high layers (strongest "
+                       f"{per_layer} channels per layer, each on its own scale{extra})".strip(),
+                       fig), fontsize=10)
     return fig
 
 
