@@ -370,3 +370,22 @@ def test_shapes_meta_with_a_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_model("shapes", weights="DEFAULT").module is module
     with pytest.raises(WeightsError, match="has its own weights"):
         load_model("shapes", weights="IMAGENET1K_V1")
+
+
+def test_real_timm_model_extracts_like_create_feature_extractor() -> None:
+    """timm is in the test extra: a real timm model, random init, end to end."""
+    import timm  # noqa: F401
+    import torch
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from featuremap.extract import extract
+
+    with pytest.warns(UserWarning, match="random weights"):
+        model = load_model("timm:resnet18")
+    assert model.name == "timm:resnet18" and model.preprocess.crop == 224
+    x = torch.randn(1, 3, 64, 64)
+    fm = extract(model, x, layers=["layer1", "layer3"])
+    with torch.no_grad():
+        expected = create_feature_extractor(model.module, ["layer1", "layer3"])(x)
+    for name in ("layer1", "layer3"):
+        torch.testing.assert_close(fm[name], expected[name])
