@@ -244,8 +244,10 @@ def _load(model: str, weights: str, *, quiet: bool = False):
     quiet: for commands whose output does not depend on the weights)."""
     import warnings
 
+    from featuremap.extract import retain_memory
     from featuremap.zoo import load_model
 
+    retain_memory()  # this process is ours: reuse freed memory instead of page-faulting it in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         loaded = load_model(model, weights=weights)
