@@ -7,6 +7,18 @@ throughputs (2 * MACs / time) and the median over rounds of the per-round ratio
 shared and has slow phases, so only ratios of neighbouring calls are trusted). The last line
 gives the median of the per-layer ratios against the target and PASS/FAIL.
 
+In each round each library gets 0.1 s of quiet, one untimed call, then three timed calls whose
+median is the round's time. Worker threads keep spinning after a call (OpenBLAS's for about
+0.1 s, torch's OpenMP threads for a few ms), and a library's own threads sleep after a pause:
+calls timed right after the other library's ran 3-10x slower here, or stalled for a 4 ms
+scheduler tick in about half of the rounds; with the quiet and the untimed call, each library
+runs at the speed it has when called again and again, as in a network's forward pass.
+
+It also prints the minor page faults per call (fresh memory: torch's 3-channel stride-1 layer
+faults 25 MB per call or none, as glibc's malloc thresholds stand in the process, which moves
+its time 8x) and the share of the CPUs other processes used meanwhile (the run is not worth
+comparing when that is more than a few percent).
+
 OpenBLAS reads ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` once, when it loads. Where the
 environment sets either, the figures are measured twice: as set, in this process, and with both
 unset, in a subprocess (only there; nothing else is changed).
@@ -22,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,11 +44,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featuremap.conv import conv2d
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+from featuremap.conv import conv2d  # noqa: E402
 
 TARGET = 0.25
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 WARMUP = 2
+CALLS = 3  # timed calls per library per round (their median is the round's time)
+QUIET = 0.1  # seconds of sleep before each library's calls in a round
+QUIET_SHARE = 0.05  # above this share of the CPUs used by other processes, say so
 
 # (name, input shape (N, C, H, W), depth, kernel, stride, padding)
 LAYERS = [
@@ -90,62 +107,103 @@ def macs(shape, depth, k, stride, padding) -> int:
     return n * depth * oh * ow * c * k * k
 
 
-def measure(rounds: int) -> list[dict]:
-    cases = []
-    for i, (name, shape, depth, k, s, p) in enumerate(LAYERS):
-        x, w = make_layer(shape, depth, k, seed=i)
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+def timed(fn) -> tuple[float, int]:
+    """Seconds and minor page faults (fresh memory touched for the first time) of one call."""
+    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
-        def engine(x=x, w=w, s=s, p=p):
-            return conv2d(x, w, stride=s, padding=p)
 
-        def baseline(tx=tx, tw=tw, s=s, p=p):
-            with torch.no_grad():
-                return F.conv2d(tx, tw, stride=s, padding=p)
+def prepare(i: int, name: str, shape, depth: int, k: int, s: int, p: int) -> dict:
+    x, w = make_layer(shape, depth, k, seed=i)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
 
-        expected = baseline().numpy()
-        err = float(np.abs(engine() - expected).max() / np.abs(expected).max())
-        for _ in range(WARMUP):
-            engine()
-            baseline()
-        cases.append(dict(name=name, shape=shape, depth=depth, kernel=k, stride=s, padding=p,
-                          macs=macs(shape, depth, k, s, p), max_rel_err=err,
-                          run=(engine, baseline), engine_s=[], torch_s=[]))
+    def engine():
+        return conv2d(x, w, stride=s, padding=p)
+
+    def baseline():
+        with torch.no_grad():
+            return F.conv2d(tx, tw, stride=s, padding=p)
+
+    expected = baseline().numpy()
+    err = float(np.abs(engine() - expected).max() / np.abs(expected).max())
+    for _ in range(WARMUP):
+        engine()
+        baseline()
+    return dict(name=name, shape=shape, depth=depth, kernel=k, stride=s, padding=p,
+                macs=macs(shape, depth, k, s, p), max_rel_err=err,
+                run={"engine": engine, "torch": baseline},
+                times={"engine": [], "torch": []}, faults={"engine": [], "torch": []})
+
+
+def busy_seconds() -> tuple[float | None, float]:
+    """CPU seconds used by the whole machine since boot (None off Linux), and by this process."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        machine = (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        machine = None
+    return machine, own.ru_utime + own.ru_stime
+
+
+def measure(rounds: int) -> tuple[list[dict], float | None]:
+    """Per-layer figures, and the share of the CPUs that other processes used meanwhile."""
+    cases = [prepare(i, *layer) for i, layer in enumerate(LAYERS)]
+    (machine0, own0), wall0 = busy_seconds(), time.perf_counter()
     for r in range(rounds):  # rounds outside, layers inside: a slow phase hits every layer alike
         for case in cases:
-            engine, baseline = case["run"]
-            order = [("engine_s", engine), ("torch_s", baseline)]
-            for key, fn in order if r % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
-                fn()
-                case[key].append(time.perf_counter() - t0)
+            for lib in ("engine", "torch") if r % 2 == 0 else ("torch", "engine"):
+                fn = case["run"][lib]
+                time.sleep(QUIET)  # the other library's threads stop spinning
+                fn()  # untimed: wakes this library's threads
+                calls = [timed(fn) for _ in range(CALLS)]
+                case["times"][lib].append(statistics.median(t for t, _ in calls))
+                case["faults"][lib].append(statistics.median(f for _, f in calls))
+    (machine1, own1), wall = busy_seconds(), time.perf_counter() - wall0
+    others = None
+    if machine0 is not None and machine1 is not None:
+        others = max(0.0, (machine1 - machine0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
     results = []
     for case in cases:
-        te, tt = case.pop("engine_s"), case.pop("torch_s")
-        case.pop("run")
+        te, tt = case["times"]["engine"], case["times"]["torch"]
         me, mt = statistics.median(te), statistics.median(tt)
-        case.update(engine_ms=me * 1e3, torch_ms=mt * 1e3,
-                    engine_gflops=2 * case["macs"] / me / 1e9,
-                    torch_gflops=2 * case["macs"] / mt / 1e9,
-                    ratio=statistics.median(b / a for a, b in zip(te, tt)))
-        results.append(case)
-    return results
+        results.append({
+            **{k: v for k, v in case.items() if k not in ("run", "times", "faults")},
+            "engine_ms": me * 1e3, "torch_ms": mt * 1e3,
+            "engine_gflops": 2 * case["macs"] / me / 1e9,
+            "torch_gflops": 2 * case["macs"] / mt / 1e9,
+            "ratio": statistics.median(b / a for a, b in zip(te, tt)),
+            "engine_faults": statistics.median(case["faults"]["engine"]),
+            "torch_faults": statistics.median(case["faults"]["torch"]),
+            "engine_ms_rounds": [t * 1e3 for t in te], "torch_ms_rounds": [t * 1e3 for t in tt],
+        })
+    return results, others
 
 
-def print_table(results: list[dict], title: str) -> float:
+def print_table(results: list[dict], others: float | None, title: str) -> float:
     print(f"\n{title}")
-    head = (f"{'layer':<14} {'input':<15} {'D':>4} {'k/s/p':>6} {'MMACs':>7} {'max rel err':>11} "
-            f"{'engine ms':>9} {'torch ms':>9} {'eng GF/s':>8} {'torch GF/s':>10} {'ratio':>6}")
+    head = (f"{'layer':<14} {'input':<12} {'D':>3} {'k/s/p':>5} {'MMACs':>6} {'rel err':>7} "
+            f"{'eng ms':>7} {'torch ms':>8} {'eng GF/s':>8} {'torch GF/s':>10} "
+            f"{'faults e/t':>11} {'ratio':>5}")
     print(head)
     print("-" * len(head))
     for r in results:
         shape = "x".join(map(str, r["shape"]))
         ksp = f"{r['kernel']}/{r['stride']}/{r['padding']}"
-        print(f"{r['name']:<14} {shape:<15} {r['depth']:>4} {ksp:>6} {r['macs'] / 1e6:>7.1f} "
-              f"{r['max_rel_err']:>11.1e} {r['engine_ms']:>9.2f} {r['torch_ms']:>9.2f} "
-              f"{r['engine_gflops']:>8.1f} {r['torch_gflops']:>10.1f} {r['ratio']:>6.2f}")
+        faults = f"{r['engine_faults']:.0f}/{r['torch_faults']:.0f}"
+        print(f"{r['name']:<14} {shape:<12} {r['depth']:>3} {ksp:>5} {r['macs'] / 1e6:>6.1f} "
+              f"{r['max_rel_err']:>7.0e} {r['engine_ms']:>7.2f} {r['torch_ms']:>8.2f} "
+              f"{r['engine_gflops']:>8.1f} {r['torch_gflops']:>10.1f} {faults:>11} "
+              f"{r['ratio']:>5.2f}")
     median = statistics.median(r["ratio"] for r in results)
-    print(f"median ratio (torch time / engine time) over layers: {median:.2f}")
+    print("ratio: median over rounds of torch time / engine time (the engine's throughput as a "
+          "fraction of torch's);\nfaults e/t: minor page faults per call, engine/torch.")
+    if others is not None:
+        print(f"other processes used {others:.0%} of the CPUs meanwhile"
+              + (": the machine was not quiet, rerun" if others > QUIET_SHARE else ""))
+    print(f"median ratio over layers: {median:.2f}")
     return median
 
 
@@ -158,8 +216,8 @@ def run_unset_env(rounds: int) -> dict | None:
         print(f"\nthe run without {' and '.join(ENV_VARS)} failed:\n{proc.stderr}")
         return None
     child = json.loads(proc.stdout)
-    print_table(child["results"], f"with {' and '.join(ENV_VARS)} unset (subprocess); "
-                f"numpy BLAS: {child['blas']}")
+    title = f"with {' and '.join(ENV_VARS)} unset (subprocess); numpy BLAS: {child['blas']}"
+    print_table(child["results"], child["others"], title)
     return child
 
 
@@ -172,15 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     if args.child:  # the subprocess: figures only, as JSON on stdout
-        json.dump({"blas": numpy_blas(), "results": measure(args.rounds)}, sys.stdout)
+        results, others = measure(args.rounds)
+        json.dump({"blas": numpy_blas(), "results": results, "others": others}, sys.stdout)
         return 0
 
     env = env_state()
     print(f"numpy {np.__version__}, BLAS: {numpy_blas()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); {threads} cores; {platform.python_version()}")
     print(f"environment: {describe_env(env)}")
-    results = measure(args.rounds)
-    medians = {"as set": print_table(results, f"environment as set ({describe_env(env)})")}
+    results, others = measure(args.rounds)
+    medians = {"as set": print_table(results, others, f"environment as set ({describe_env(env)})")}
     child = None
     if any(v is not None for v in env.values()):
         child = run_unset_env(args.rounds)
@@ -197,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "numpy": np.__version__, "blas": numpy_blas(), "rounds": args.rounds,
             "target": TARGET, "environment": env, "results": results,
-            "median_ratio": medians["as set"], "verdict": verdict,
+            "others_cpu_share": others, "median_ratio": medians["as set"], "verdict": verdict,
         }
         if child is not None:
             record["unset_environment"] = {"blas": child["blas"], "results": child["results"],
+                                           "others_cpu_share": child["others"],
                                            "median_ratio": medians["unset"]}
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)

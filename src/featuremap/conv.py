@@ -5,13 +5,17 @@ every deep-learning framework does: kernels are not flipped), with stride, paddi
 reflect, replicate, circular), dilation, groups and any depth. ``explain`` shows the products
 behind one value of the output.
 
-The implementation is vectorised: the input windows are gathered into columns (im2col) and
-multiplied by the filters as one matrix product; for large inputs the ``kH * kW`` shifted copies
-of the input are multiplied tap by tap and accumulated instead. No Python loop runs over pixels.
+The implementation is vectorised: the input windows are gathered into columns (im2col), band by
+band into one reused buffer, and each band is multiplied by the filters as one matrix product;
+only 1x1 kernels, or an output row larger than ``IM2COL_BYTES``, are multiplied tap by tap and
+accumulated instead. No Python loop runs over pixels.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,41 +143,115 @@ def conv2d(
     return out[0] if unbatched else out
 
 
-IM2COL_BYTES = 32 * 2**20  # above this the tap-by-tap products are faster (less fresh memory)
+IM2COL_BYTES = 8 * 2**20  # largest im2col buffer, kept per thread and reused band after band
 
 
 def _correlate(xp: np.ndarray, w: np.ndarray, stride: tuple[int, int],
                dilation: tuple[int, int], groups: int) -> np.ndarray:
     """Valid cross-correlation of a padded ``(N, C, H, W)`` input by matrix products.
 
-    Either one product with the gathered patches (im2col: every input window laid out as a
-    column) or, when that buffer would be large, ``kH * kW`` products of the shifted input with
-    one kernel tap each, accumulated.
+    The input windows are gathered as columns (im2col) into one buffer of at most
+    ``IM2COL_BYTES``, a band at a time (several images, or some output rows of one image), and
+    each band is multiplied by the filters; the buffer is reused, so memory stays small and warm.
+    When even one output row would not fit (or the kernel is 1x1, whose one tap is the input
+    itself), the ``kH * kW`` shifted inputs are multiplied by one kernel tap each instead, and
+    accumulated.
     """
     n, c, h, wd = xp.shape
     depth, cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = stride, dilation
     oh = (h - dh * (kh - 1) - 1) // sh + 1
     ow = (wd - dw * (kw - 1) - 1) // sw + 1
-    xg = xp.reshape(n, groups, cg, h, wd)
+    tap = _tap_views(xp, (kh, kw), stride, dilation, ow)
+    row_bytes = 4 * c * kh * kw * ow
+    if row_bytes > IM2COL_BYTES or kh * kw == 1:
+        return _tap_products(tap, w, groups, n, oh, ow)
+    per_image = row_bytes * oh
+    images = max(1, IM2COL_BYTES // per_image) if per_image <= IM2COL_BYTES else 1
+    rows = oh if per_image <= IM2COL_BYTES else IM2COL_BYTES // row_bytes
+    buf = _workspace(min(images, n) * c * kh * kw * rows * ow)
+    out = np.empty((n, depth, oh * ow), np.float32)
+    for b0 in range(0, n, images):
+        b1 = min(n, b0 + images)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            size = (b1 - b0) * c * kh * kw * (r1 - r0) * ow
+            cols = buf[:size].reshape(c, kh, kw, b1 - b0, r1 - r0, ow)
+            for i in range(kh):
+                for j in range(kw):
+                    cols[:, i, j] = tap(i, j, b0, b1, r0, r1).transpose(1, 0, 2, 3)
+            _multiply(w, cols, groups, out[b0:b1, :, r0 * ow: r1 * ow])
+    return out.reshape(n, depth, oh, ow)
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(size: int) -> np.ndarray:
+    """A float32 scratch buffer of ``size`` values, kept per thread from call to call (at most
+    ``IM2COL_BYTES``): fresh memory costs page faults, which here measured as much as the
+    gathers and up to half of a layer's time once other allocations (torch's) came between."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _WORKSPACE.buf = np.empty(size, np.float32)
+    return buf[:size]
+
+
+def _tap_views(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+               dilation: tuple[int, int], ow: int) -> Callable[..., np.ndarray]:
+    """``tap(i, j, b0, b1, r0, r1)``: the input under kernel tap (i, j) for images b0:b1 and
+    output rows r0:r1, ``(b1 - b0, C, r1 - r0, OW)``.
+
+    With a stride, the input is first split into its ``sh * sw`` phases (every sh-th row from
+    row a, every sw-th column from column b), each made contiguous once: every tap is then a
+    plain window of one phase, and the gathers copy whole rows instead of every other value.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    taps = Counter((i * dh % sh, j * dw % sw) for i in range(kh) for j in range(kw))
+    phases: dict[tuple[int, int], np.ndarray] = {}
+
+    def tap(i: int, j: int, b0: int, b1: int, r0: int, r1: int) -> np.ndarray:
+        qi, a = divmod(i * dh, sh)
+        qj, b = divmod(j * dw, sw)
+        if (a, b) not in phases:
+            phase = xp[:, :, a::sh, b::sw]
+            # the copy (fresh memory) pays for itself when 5 taps or more read the phase
+            phases[a, b] = np.ascontiguousarray(phase) if taps[a, b] >= 5 else phase
+        return phases[a, b][b0:b1, :, qi + r0: qi + r1, qj: qj + ow]
+
+    return tap
+
+
+def _multiply(w: np.ndarray, cols: np.ndarray, groups: int, out: np.ndarray) -> None:
+    """Filters ``(D, Cg, kH, kW)`` times columns ``(C, kH, kW, M, R, OW)`` of M images into
+    ``out`` ``(M, D, R * OW)``: one plain 2-D product when groups == 1."""
+    depth, m = w.shape[0], cols.shape[3]
+    if groups == 1:
+        w2, c2 = w.reshape(depth, -1), cols.reshape(w[0].size, -1)
+        if m == 1:
+            np.matmul(w2, c2, out=out[0])
+        else:  # images side by side: one wide product, then back to (M, D, R * OW)
+            out[...] = np.matmul(w2, c2).reshape(depth, m, -1).transpose(1, 0, 2)
+        return
+    cg = cols.reshape(groups, w[0].size, m, -1).transpose(2, 0, 1, 3)  # (M, G, K, R * OW)
+    np.matmul(w.reshape(groups, depth // groups, -1), cg,
+              out=out.reshape(m, groups, depth // groups, -1))
+
+
+def _tap_products(tap: Callable[..., np.ndarray], w: np.ndarray, groups: int, n: int,
+                  oh: int, ow: int) -> np.ndarray:
+    """Sum over the kernel taps of (filters at that tap) x (input under that tap)."""
+    depth, cg, kh, kw = w.shape
     wg = w.reshape(groups, depth // groups, cg, kh, kw)
-
-    def tap(i: int, j: int) -> np.ndarray:  # the input under kernel tap (i, j), (N, G, Cg, OH, OW)
-        return xg[..., i * dh: i * dh + sh * (oh - 1) + 1: sh,
-                  j * dw: j * dw + sw * (ow - 1) + 1: sw]
-
-    if n * c * kh * kw * oh * ow * 4 <= IM2COL_BYTES:
-        cols = np.empty((n, groups, cg, kh, kw, oh, ow), np.float32)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j] = tap(i, j)
-        out = np.matmul(wg.reshape(groups, -1, cg * kh * kw),
-                        cols.reshape(n, groups, cg * kh * kw, oh * ow))
-    else:
-        out = np.zeros((n, groups, depth // groups, oh * ow), np.float32)
-        for i in range(kh):
-            for j in range(kw):
-                out += np.matmul(wg[None, :, :, :, i, j], tap(i, j).reshape(n, groups, cg, -1))
+    out = product = None
+    for i in range(kh):
+        for j in range(kw):
+            x = tap(i, j, 0, n, 0, oh).reshape(n, groups, cg, oh * ow)
+            if out is None:
+                out = np.matmul(wg[:, :, :, i, j], x)
+            else:  # one buffer for every later tap's product
+                product = np.matmul(wg[:, :, :, i, j], x, out=product)
+                out += product
     return out.reshape(n, depth, oh, ow)
 
 
