@@ -294,7 +294,7 @@ def layers(
     """Every named module with its type, output shape, parameters and kernel/stride/padding."""
     from rich.table import Table
 
-    from featuremap.layers import list_layers
+    from featuremap.layers import format_geometry, list_layers
 
     loaded = _load(model, weights, quiet=True)
     size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
@@ -307,8 +307,8 @@ def layers(
                          no_wrap=True)
     for i in infos:
         table.add_row("  " * (i.depth - 1) + i.name, i.type, _shape_text(i.output_shape),
-                      f"{i.params:,}", _tuple_text(i.kernel_size), _tuple_text(i.stride),
-                      _tuple_text(i.padding), _tuple_text(i.dilation),
+                      f"{i.params:,}", *(format_geometry(v) for v in (
+                          i.kernel_size, i.stride, i.padding, i.dilation)),
                       f"{i.cumulative_stride:g}" if i.cumulative_stride else "")
     _console().print(table)
 
@@ -324,14 +324,6 @@ def _size_text(size) -> str:
 
 def _shape_text(shape) -> str:
     return " x ".join(map(str, shape)) if shape else "-"
-
-
-def _tuple_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
 
 
 def _int_list(text: str, name: str) -> list[int]:

@@ -92,7 +92,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
     import torch
 
     from featuremap.extract import extract, overview_layers
-    from featuremap.layers import list_layers
+    from featuremap.layers import format_geometry, list_layers
     from featuremap.shapes import CLASSES, make_scene
     from featuremap.zoo import load_model
 
@@ -123,21 +123,14 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
                   "The learned filters of the first convolution.")
     infos = list_layers(model.module, input_size=size, leaves_only=True)
     report.subsection(f"The shape of every layer (input 3 x {size} x {size})")
+    g = format_geometry
+    rows = [(i.name, i.type, i.output_shape or "-", f"{i.params:,}", g(i.kernel_size),
+             g(i.stride), g(i.padding),
+             f"{i.cumulative_stride:g}" if i.cumulative_stride else "") for i in infos]
     report.table(["layer", "type", "output shape", "params", "kernel", "stride", "padding",
-                  "total stride"],
-                 [(i.name, i.type, i.output_shape or "-", f"{i.params:,}", _t(i.kernel_size),
-                   _t(i.stride), _t(i.padding), f"{i.cumulative_stride:g}"
-                   if i.cumulative_stride else "") for i in infos],
+                  "total stride"], rows,
                  "Output shapes from one forward pass (recognition). '-': the layer runs only "
                  "in segment(), the segmentation head.")
-
-
-def _t(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
 
 
 def build_demo(

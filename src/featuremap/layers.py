@@ -495,3 +495,12 @@ def _unknown_layer(
     message = str(error).replace(f"Unknown layer '{request}'.", f"Unknown layer '{request}' in "
                                  f"{cls}.", 1)
     return UnknownNameError(message, suggestions=error.suggestions)
+
+
+def format_geometry(value: tuple[int, ...] | str | None) -> str:
+    """A kernel/stride/padding value as table text: ``3`` for (3, 3), ``3x1``, ``same``, ``''``."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
