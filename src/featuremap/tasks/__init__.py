@@ -1,0 +1,1 @@
+"""Uses of feature maps: recognition (classify) and segmentation (segment)."""
