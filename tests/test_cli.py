@@ -326,3 +326,53 @@ def test_shapes_model_default_and_random(photo, tmp_path, capsys):
     code, _, err = run(["show", str(photo), "--weights", "random", "--layer",
                         "backbone.block4", "--out", str(tmp_path / "b.png")], capsys)
     assert code == 0 and "note: random weights" in err
+
+
+# ------------------------------------------------------------------------- recognition
+def test_classify_top_k_and_cam(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    target = tmp_path / "cam.png"
+    out = run_ok(["classify", str(scene), "--top", "3", "--cam", "auto", "--out", str(target)],
+                 capsys)
+    assert "1      6  crescent" in out and "top 3 of 7" in out
+    assert "grad-cam of shapes at 'backbone.block4'" in out
+    with Image.open(target) as im:
+        assert im.size[0] > 200
+    out = run_ok(["classify", str(scene), "--cam", "backbone.block4", "--method", "cam",
+                  "--out", str(tmp_path / "c2.png")], capsys)
+    assert "cam of shapes" in out
+
+
+def test_classify_bad_inputs(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    line = run_error(["classify", str(scene), "--cam", "classifier.fc"], capsys)
+    assert "is not convolutional" in line
+    line = run_error(["classify", str(scene), "-m", "lraspp_mobilenet_v3_large", "--weights",
+                      "random"], capsys)
+    assert "classif" in line
+
+
+def test_probe_on_generated_classes(tmp_path, capsys):
+    from featuremap.shapes import save_dataset
+
+    data = tmp_path / "data"
+    save_dataset(data, 60, seed=3, layout="classes")
+    (data / "circle" / "broken.png").write_bytes(b"not an image")
+    target = tmp_path / "p.safetensors"
+    code, out, err = run(["probe", str(data), "--layers", "backbone.block1,backbone.block4",
+                          "--out", str(target)], capsys)
+    assert code == 0, err
+    assert "backbone.block4" in out and "1 skipped" in out and "broken.png" in err
+    assert target.exists() and target.with_suffix(".json").exists()
+    line = run_error(["probe", str(data), "--layers", "backbone.block4", "--out", str(target)],
+                     capsys)
+    assert "overwrite" in line
+
+
+def test_probe_bad_data_dirs(tmp_path, capsys):
+    assert "does not exist" in run_error(["probe", str(tmp_path / "nope"), "--layers",
+                                          "backbone.block4"], capsys)
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
+    line = run_error(["probe", str(tmp_path / "flat"), "--layers", "backbone.block4"], capsys)
+    assert "folder" in line

@@ -422,6 +422,93 @@ def overview(
     typer.echo(f"wrote {target}")
 
 
+# ------------------------------------------------------------------------------- recognition
+@app.command(epilog="Examples:\n\n  featuremap classify docs/scene.png\n\n"
+             "  featuremap classify docs/scene.png --cam backbone.block4 --out cam.png\n\n"
+             "  featuremap classify photo.jpg -m resnet50 --weights DEFAULT --top 3 --cam layer4")
+def classify(
+    image: Image,
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    top: Annotated[int, typer.Option(help="How many classes to list.")] = 5,
+    cam: Annotated[str | None, typer.Option(
+        help="Draw a class-activation map of this layer ('auto': the last stage).")] = None,
+    method: Annotated[str, typer.Option(help="grad-cam (any layer with feature maps) or cam "
+                                        "(maps -> global pool -> one Linear layer).")
+                      ] = "grad-cam",
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="Explain this class (name or index) instead of the top one.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG for the CAM (default: cam.png, never overwritten).")] = None,
+) -> None:
+    """The top classes of an image, and where the network looked (class-activation map)."""
+    from featuremap.tasks.classify import cam as cam_fn
+    from featuremap.tasks.classify import classify as classify_fn
+    from featuremap.tasks.classify import default_cam_layer, grad_cam
+
+    if method not in ("grad-cam", "cam"):
+        raise ConfigError(f"--method must be grad-cam or cam, got '{method}'.")
+    loaded = _load(model, weights)
+    typer.echo(str(classify_fn(loaded, image, top=top)))
+    if cam is None:
+        return
+    from featuremap.plot import plot_overlay, save_figure
+
+    layer = default_cam_layer(loaded) if cam == "auto" else cam
+    index = int(class_name) if class_name and class_name.isdigit() else class_name
+    fn = grad_cam if method == "grad-cam" else cam_fn
+    result = fn(loaded, image, layer=layer, class_index=index)
+    fig = plot_overlay(result.image, result.heatmap, label=result.method,
+                       title=f"{result.method} at {result.layer}: '{result.class_name}' "
+                       f"(p = {result.probability:.3f})")
+    target = save_figure(fig, out or _free_path("cam.png"))
+    typer.echo(str(result))
+    typer.echo(f"wrote {target}")
+
+
+@app.command(epilog="Examples:\n\n  featuremap probe shapes-data --layers backbone.block1,"
+             "backbone.block2,backbone.block4\n\n"
+             "  featuremap probe my-photos -m resnet18 --weights DEFAULT --layers layer1,layer4"
+             " --out probes.safetensors\n\nDATA_DIR holds one folder per class.")
+def probe(
+    data_dir: Annotated[Path, typer.Argument(help="A folder with one sub-folder of images per "
+                                             "class.")],
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers to probe.")],
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")
+                             ] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Where to save the probes (.safetensors + .json; default probes.safetensors, "
+        "never overwritten).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")
+                         ] = False,
+) -> None:
+    """Linear probes on frozen maps: how well each layer's features tell the classes apart."""
+    from rich.progress import Progress
+
+    from featuremap.tasks.classify import probe as probe_fn
+
+    target = out or _free_path("probes.safetensors")
+    if target.exists() and not overwrite:  # say so before the work, not after
+        raise ConfigError(f"'{target}' exists: pass --overwrite or pick another --out.")
+    loaded = _load(model, weights)
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("images", total=None)
+        result = probe_fn(loaded, data_dir, layers=[x for x in layers.split(",") if x],
+                          test_fraction=test_fraction, seed=seed,
+                          progress=lambda done, total: bar.update(task, completed=done,
+                                                                  total=total))
+    typer.echo(str(result))
+    for path, why in list(result.skipped.items())[:5]:
+        typer.echo(f"skipped {path}: {why}", err=True)
+    if len(result.skipped) > 5:
+        typer.echo(f"... and {len(result.skipped) - 5} more skipped", err=True)
+    paths = result.save(target, overwrite=overwrite)
+    typer.echo("wrote " + " and ".join(str(p) for p in paths))
+
+
 @app.command("train-demo", epilog="Examples:\n\n  featuremap train-demo --out my-shapes\n\n"
              "  featuremap show sample:coffee -m shapes --weights my-shapes/shapes.safetensors "
              "--layer backbone.block2")
