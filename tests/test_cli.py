@@ -376,3 +376,51 @@ def test_probe_bad_data_dirs(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
     line = run_error(["probe", str(tmp_path / "flat"), "--layers", "backbone.block4"], capsys)
     assert "folder" in line
+
+
+# ------------------------------------------------------------------------- segmentation
+def test_segment_head_and_clusters(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["segment", str(scene), "--out", str(tmp_path / "s.png")], capsys)
+    assert "crescent" in out and "triangle" in out and "background" in out
+    out = run_ok(["segment", "sample:coffee", "--layers", "backbone.block1,backbone.block2",
+                  "--k", "3", "--out", str(tmp_path / "c.png")], capsys)
+    assert "segment 2" in out and "segment 3" not in out
+
+
+def test_segment_bad_inputs(photo, capsys):
+    line = run_error(["segment", str(photo), "--layers", "backbone.block1", "--k", "1"], capsys)
+    assert "k" in line
+    line = run_error(["segment", str(photo), "-m", "resnet18", "--weights", "random"], capsys)
+    assert "classification model" in line
+    line = run_error(["segment", str(photo), "--layers", "backbone.block1", "--head", "h"],
+                     capsys)
+    assert "not both" in line
+
+
+def test_fit_seg_and_apply_head(tmp_path, capsys):
+    from featuremap.shapes import save_dataset
+
+    data = tmp_path / "scenes"
+    save_dataset(data, 40, seed=5, layout="segmentation")
+    head = tmp_path / "head.safetensors"
+    out = run_ok(["fit-seg", str(data), "--layers", "backbone.block2,backbone.block4",
+                  "--epochs", "5", "--out", str(head)], capsys)
+    assert "mIoU" in out and head.exists()
+    out = run_ok(["segment", str(data / "images" / sorted(p.name for p in (data / "images")
+                                                          .iterdir())[0]),
+                  "--head", str(head), "--out", str(tmp_path / "h.png")], capsys)
+    assert "fitted head" in out
+    assert "overwrite" in run_error(["fit-seg", str(data), "--layers", "backbone.block4",
+                                     "--out", str(head)], capsys)
+
+
+def test_fit_seg_mismatched_masks(tmp_path, capsys):
+    from featuremap.shapes import save_dataset
+
+    data = tmp_path / "scenes"
+    save_dataset(data, 8, seed=5, layout="segmentation")
+    next((data / "masks").iterdir()).unlink()
+    line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--out",
+                      str(tmp_path / "h.safetensors")], capsys)
+    assert "mask" in line

@@ -509,6 +509,113 @@ def probe(
     typer.echo("wrote " + " and ".join(str(p) for p in paths))
 
 
+# ------------------------------------------------------------------------------ segmentation
+@app.command(epilog="Examples:\n\n  featuremap segment docs/scene.png\n\n"
+             "  featuremap segment sample:coffee -m resnet18 --weights DEFAULT --layers "
+             "layer1,layer2 --k 4\n\n  featuremap segment docs/scene.png --head head.safetensors")
+def segment(
+    image: Image,
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Cluster the per-pixel features of these layers (no training).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Number of clusters.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the clustering.")] = 0,
+    head: Annotated[Path | None, typer.Option(
+        help="A head fitted by 'featuremap fit-seg' (.safetensors).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: seg.png, never overwritten).")] = None,
+) -> None:
+    """Per-pixel labels: clusters of feature maps, or the model's own segmentation head."""
+    from featuremap.plot import plot_segmentation, save_figure
+    from featuremap.tasks.segment import apply_seg_head, cluster_segments
+    from featuremap.tasks.segment import segment as segment_fn
+
+    if layers and head:
+        raise ConfigError("give --layers (clusters) or --head (a fitted head), not both: the "
+                          "head carries its own layers.")
+    loaded = _load(model, weights)
+    if head:
+        seg = apply_seg_head(loaded, head, image)
+    elif layers:
+        seg = cluster_segments(loaded, image, layers=[x for x in layers.split(",") if x], k=k,
+                               seed=seed)
+    else:
+        seg = segment_fn(loaded, image)
+    target = save_figure(plot_segmentation(seg, title=f"{loaded.name}: {seg.method}"),
+                         out or _free_path("seg.png"))
+    _print_shares(seg)
+    typer.echo(f"wrote {target}")
+
+
+def _print_shares(seg) -> None:
+    from rich.table import Table
+
+    h, w = seg.labels.shape
+    table = Table(title=f"{seg.method} of {seg.model_name} ({h} x {w} pixels)", min_width=50)
+    table.add_column("label")
+    table.add_column("share of pixels", justify="right")
+    for name, share in seg.shares().items():
+        if share > 0:
+            table.add_row(name, f"{share:.1%}")
+    _console().print(table)
+
+
+@app.command("fit-seg", epilog="Examples:\n\n  featuremap fit-seg scenes --layers "
+             "backbone.block1,backbone.block2,backbone.block3,backbone.block4\n\n"
+             "DATA_DIR holds images/ and masks/ (PNG label maps with the same file names).")
+def fit_seg(
+    data_dir: Annotated[Path, typer.Argument(help="A folder with images/ and masks/.")],
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated frozen layers.")],
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    epochs: Annotated[int, typer.Option(help="Training epochs of the 1x1 head.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")
+                             ] = 0.25,
+    out: Annotated[Path | None, typer.Option(
+        help="Where to save the head (.safetensors + .json; default head.safetensors, never "
+        "overwritten).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")
+                         ] = False,
+) -> None:
+    """Train a 1x1-convolution segmentation head on frozen feature maps; report IoU per class."""
+    from rich.progress import Progress
+
+    from featuremap.tasks.segment import fit_seg_head
+
+    target = out or _free_path("head.safetensors")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"'{target}' exists: pass --overwrite or pick another --out.")
+    loaded = _load(model, weights)
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("fitting", total=None)
+        result = fit_seg_head(loaded, data_dir, layers=[x for x in layers.split(",") if x],
+                              epochs=epochs, seed=seed, test_fraction=test_fraction,
+                              progress=lambda done, total: bar.update(task, completed=done,
+                                                                      total=total))
+    _print_iou(result)
+    typer.echo(f"wrote {result.save(target, overwrite=overwrite)}")
+
+
+def _print_iou(result) -> None:
+    import math
+
+    from rich.table import Table
+
+    table = Table(title=f"held-out IoU ({result.n_train} train / {result.n_test} test images, "
+                        f"{len(result.skipped)} skipped)", min_width=60)
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    ious = result.per_class_iou
+    pairs = ious.items() if isinstance(ious, dict) else zip(result.class_names, ious)
+    for name, iou in pairs:
+        table.add_row(name, "absent from test split" if math.isnan(iou) else f"{iou:.3f}")
+    _console().print(table)
+    typer.echo(f"mIoU {result.miou:.3f}, pixel accuracy {result.pixel_accuracy:.3f}")
+
+
 @app.command("train-demo", epilog="Examples:\n\n  featuremap train-demo --out my-shapes\n\n"
              "  featuremap show sample:coffee -m shapes --weights my-shapes/shapes.safetensors "
              "--layer backbone.block2")
