@@ -212,7 +212,13 @@ def classify(model: Any, image: Any, *, top: int = 5) -> Classification:
         raise ConfigError(f"top must be an integer >= 1, got {top!r}.")
     m, batch, _ = _prepare(model, image)
     with torch.no_grad():
-        logits = _logits(m, m.module(batch))[0].detach().float().cpu()
+        logits = _logits(m, m.module(batch))
+    return _classification(m, logits, top)
+
+
+def _classification(m: Model, logits: torch.Tensor, top: int) -> Classification:
+    """Top-k of a batch of one's logits ``(1, K)`` (shared with the one-pass analysis)."""
+    logits = logits[0].detach().float().cpu()
     k = logits.shape[0]
     names, note = _class_names(m, k)
     notes = [note] if note else []
