@@ -96,7 +96,8 @@ def test_demo_writes_self_contained_html(tmp_path, capsys):
     text = target.read_text()
     assert text.count("data:image/png;base64,") >= 5
     assert "src=\"http" not in text and "href=\"http" not in text
-    for words in ("stride 4", "depth 16", "sum of products"):
+    for words in ("stride 4", "depth 16", "sum of products", "Object recognition",
+                  "Image segmentation", "low to high"):
         assert words in text
 
 

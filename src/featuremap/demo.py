@@ -133,6 +133,47 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
                  "in segment(), the segmentation head.")
 
 
+def _uses(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
+    """Recognition and segmentation, both fed by one backbone pass (feature sharing)."""
+    import dataclasses
+
+    from featuremap.shapes import CLASSES, make_scene
+    from featuremap.tasks.segment import cluster_segments
+    from featuremap.tasks.shared import analyse
+    from featuremap.zoo import load_model
+
+    model = load_model("shapes")
+    scene = make_scene(scene_seed, size=model.preprocess.crop or 64)
+    shared = analyse(model, scene.image, top=3)
+    report.section(
+        "Using feature maps: recognition and segmentation",
+        "The maps feed a classifier (object recognition) and can be turned into per-pixel labels "
+        "(image segmentation). Below, one pass through the backbone feeds all three uses: the "
+        "classifier, the class-activation map and the segmentation head share the same maps.")
+    report.subsection("Object recognition")
+    report.table(["rank", "class", "probability"],
+                 [(r, name, f"{p:.4f}") for r, (_, name, p) in
+                  enumerate(shared.classification.top, start=1)],
+                 f"Top 3 for a generated scene whose main shape is a {CLASSES[scene.label]}.")
+    c = shared.cam
+    report.figure(plot.plot_overlay(c.image, c.heatmap, label="Grad-CAM", title=(
+        f"Grad-CAM at {c.layer} for '{c.class_name}' (p = {c.probability:.3f})")),
+        "Where the network looked: the Grad-CAM of the top class at the last block, upsampled "
+        "from its 8 x 8 maps and drawn over the scene.")
+    report.subsection("Image segmentation")
+    report.figure(plot.plot_segmentation(shared.segmentation, truth=scene.mask,
+                                         title="segmentation head against the ground truth"),
+                  "The bundled segmentation head, fed by the same backbone pass, against the "
+                  "scene's true mask.")
+    bigger = dataclasses.replace(model, preprocess=dataclasses.replace(
+        model.preprocess, resize=photo_size, crop=photo_size))
+    clusters = cluster_segments(bigger, image, layers=["backbone.block1", "backbone.block2"],
+                                k=4)
+    report.figure(plot.plot_segmentation(clusters, title="k-means of feature maps, k = 4"),
+                  "Without any training: the photo's pixels clustered by their feature vectors "
+                  "(backbone.block1 and block2, upsampled to the image) into 4 segments.")
+
+
 def build_demo(
     image: str = "sample:astronaut",
     *,
@@ -159,5 +200,7 @@ def build_demo(
     _explain(report, image, short_side, maps)
     say("the bundled network")
     _network(report, image, scene_seed=scene_seed, photo_size=photo_size)
+    say("recognition and segmentation")
+    _uses(report, image, scene_seed=scene_seed, photo_size=photo_size)
     report.text(f"Built in {time.perf_counter() - start:.1f} s.")
     return report.save(out)
