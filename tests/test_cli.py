@@ -425,3 +425,12 @@ def test_fit_seg_mismatched_masks(tmp_path, capsys):
     line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--out",
                       str(tmp_path / "h.safetensors")], capsys)
     assert "mask" in line
+
+
+def test_scenes_writes_both_layouts_and_never_into_a_full_folder(tmp_path, capsys):
+    out = run_ok(["scenes", str(tmp_path / "c"), "--n", "14", "--seed", "7"], capsys)
+    assert "wrote 14 scenes" in out
+    assert sum(1 for _ in (tmp_path / "c").rglob("*.png")) == 14
+    run_ok(["scenes", str(tmp_path / "s"), "--n", "5", "--layout", "segmentation"], capsys)
+    assert len(list((tmp_path / "s" / "masks").glob("*.png"))) == 5
+    assert "not an empty folder" in run_error(["scenes", str(tmp_path / "c")], capsys)

@@ -616,6 +616,26 @@ def _print_iou(result) -> None:
     typer.echo(f"mIoU {result.miou:.3f}, pixel accuracy {result.pixel_accuracy:.3f}")
 
 
+@app.command(epilog="Examples:\n\n  featuremap scenes shapes-data --n 140 --layout classes\n\n"
+             "  featuremap scenes seg-data --n 80 --layout segmentation --seed 3")
+def scenes(
+    out: Annotated[Path, typer.Argument(help="A new folder to write the scenes into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of scenes.")] = 140,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same scenes.")] = 0,
+    size: Annotated[int, typer.Option(help="Width and height in pixels.")] = 64,
+    layout: Annotated[str, typer.Option(help="classes (one folder per class, for 'probe') or "
+                                        "segmentation (images/ and masks/, for 'fit-seg').")
+                      ] = "classes",
+) -> None:
+    """Write generated scenes of shapes as PNG files: a dataset for probe and fit-seg."""
+    from featuremap.shapes import save_dataset
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"'{out}' exists and is not an empty folder; choose a new folder.")
+    path = save_dataset(out, n, seed=seed, size=size, layout=layout)
+    typer.echo(f"wrote {n} scenes ({layout} layout, {size}x{size}, seed {seed}) to {path}")
+
+
 @app.command("train-demo", epilog="Examples:\n\n  featuremap train-demo --out my-shapes\n\n"
              "  featuremap show sample:coffee -m shapes --weights my-shapes/shapes.safetensors "
              "--layer backbone.block2")
