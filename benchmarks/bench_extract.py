@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-from featuremap.extract import Extractor, retain_memory  # noqa: E402
+from featuremap.extraction import Extractor, retain_memory  # noqa: E402
 
 
 def faults() -> int:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from featuremap.errors import ConfigError, UnknownNameError
-from featuremap.extract import extract, prepare_images
+from featuremap.extraction import extract, prepare_images
 from featuremap.shapes import CLASSES, make_scene, save_dataset
 from featuremap.tasks.classify import (
     CamResult,

@@ -68,7 +68,7 @@ def fm():
     import torch
     from torch import nn
 
-    from featuremap.extract import extract
+    from featuremap.extraction import extract
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 10, 3, stride=2),
@@ -132,7 +132,7 @@ def test_layer_without_maps_is_refused():
     import torch
     from torch import nn
 
-    from featuremap.extract import extract
+    from featuremap.extraction import extract
     from featuremap.plot import plot_layer
 
     net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())

@@ -378,7 +378,7 @@ def test_real_timm_model_extracts_like_create_feature_extractor() -> None:
     import torch
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from featuremap.extract import extract
+    from featuremap.extraction import extract
 
     with pytest.warns(UserWarning, match="random weights"):
         model = load_model("timm:resnet18")

@@ -27,9 +27,9 @@ _EXPORTS = {
     "load_model": "featuremap.zoo",
     "list_models": "featuremap.zoo",
     "list_layers": "featuremap.layers",
-    "extract": "featuremap.extract",
-    "FeatureMaps": "featuremap.extract",
-    "Extractor": "featuremap.extract",
+    "extract": "featuremap.extraction",
+    "FeatureMaps": "featuremap.extraction",
+    "Extractor": "featuremap.extraction",
 }
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
     from featuremap.conv import conv2d
-    from featuremap.extract import Extractor, FeatureMaps, extract
+    from featuremap.extraction import Extractor, FeatureMaps, extract
     from featuremap.filters import filter_bank
     from featuremap.images import list_samples, load_image
     from featuremap.layers import list_layers

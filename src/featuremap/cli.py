@@ -244,7 +244,7 @@ def _load(model: str, weights: str, *, quiet: bool = False):
     quiet: for commands whose output does not depend on the weights)."""
     import warnings
 
-    from featuremap.extract import retain_memory
+    from featuremap.extraction import retain_memory
     from featuremap.zoo import load_model
 
     retain_memory()  # this process is ours: reuse freed memory instead of page-faulting it in
@@ -360,7 +360,7 @@ def show(
                                                "all channels.")] = False,
 ) -> None:
     """The feature maps of one layer of a network: a channel grid, an overlay, or its filters."""
-    from featuremap.extract import extract
+    from featuremap.extraction import extract
     from featuremap.plot import plot_filters, plot_layer, plot_overlay, save_figure
 
     if draw not in SHOW_KINDS:
@@ -406,7 +406,7 @@ def overview(
         help="PNG to write (default: overview.png, never overwritten).")] = None,
 ) -> None:
     """Feature maps from low to high layers: edges first, parts and objects later."""
-    from featuremap.extract import extract, overview_layers
+    from featuremap.extraction import extract, overview_layers
     from featuremap.plot import plot_overview, save_figure
 
     loaded = _load(model, weights)

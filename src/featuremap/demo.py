@@ -91,7 +91,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
 
     import torch
 
-    from featuremap.extract import extract, overview_layers
+    from featuremap.extraction import extract, overview_layers
     from featuremap.layers import format_geometry, list_layers
     from featuremap.shapes import CLASSES, make_scene
     from featuremap.zoo import load_model

@@ -282,7 +282,7 @@ def select_channels(maps: np.ndarray, *, top: int | None = None,
 def plot_layer(fm, layer: str, *, image: int = 0, top: int | None = 16,
                channels: Sequence[int] | None = None, shared_scale: bool = False,
                note: str = "") -> Figure:
-    """A channel grid of one layer of a :class:`~featuremap.extract.FeatureMaps`.
+    """A channel grid of one layer of a :class:`~featuremap.extraction.FeatureMaps`.
 
     Args:
         fm: the extracted maps.

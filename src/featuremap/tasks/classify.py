@@ -16,7 +16,7 @@
 
 Models are :class:`featuremap.zoo.Model` objects (from :func:`featuremap.load_model`) or plain
 ``nn.Module`` objects (wrapped with ImageNet preprocessing and class names ``class i``). Images
-are anything :func:`featuremap.extract.prepare_images` takes: a path, ``"sample:NAME"``, a PIL
+are anything :func:`featuremap.extraction.prepare_images` takes: a path, ``"sample:NAME"``, a PIL
 image, an array (``(3, H, W)`` floats in ``[0, 1]`` included) or a tensor that is already
 preprocessed (used as it is).
 
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featuremap.errors import ConfigError, FeaturemapError
-from featuremap.extract import Extractor, overview_layers, prepare_images
+from featuremap.extraction import Extractor, overview_layers, prepare_images
 from featuremap.layers import resolve_layers
 from featuremap.zoo import Model, load_model
 
@@ -276,7 +276,7 @@ class CamResult:
 def default_cam_layer(model: Any, *, input_size: int | tuple[int, int] | None = None) -> str:
     """The last layer with spatial feature maps before the classifier: the usual CAM layer.
 
-    It is the end of the network's last stage, as :func:`featuremap.extract.overview_layers`
+    It is the end of the network's last stage, as :func:`featuremap.extraction.overview_layers`
     finds it (``'backbone.block4'`` for ``"shapes"``, ``'layer4'`` for a ResNet).
 
     Args:
@@ -838,7 +838,7 @@ def probe(
     """Linear probes: how well a linear classifier reads the classes off each layer's maps.
 
     Every requested layer comes from one forward pass per batch (an
-    :class:`~featuremap.extract.Extractor` that stops after the last of them; the model's own
+    :class:`~featuremap.extraction.Extractor` that stops after the last of them; the model's own
     preprocessing). Each layer's maps ``(N, C, H, W)`` are averaged over ``H, W`` to ``(N, C)``
     (``(N, D)`` outputs are used as they are, ``(N, L, D)`` token outputs averaged over ``L``).
     Per layer, a multinomial logistic regression on features standardised with the training

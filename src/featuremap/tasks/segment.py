@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featuremap.errors import ConfigError, ImageError, WeightsError
-from featuremap.extract import Extractor, prepare_images
+from featuremap.extraction import Extractor, prepare_images
 from featuremap.images import Preprocess
 
 __all__ = [

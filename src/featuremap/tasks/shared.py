@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from featuremap.errors import ConfigError
-from featuremap.extract import FeatureMaps, LayerMeta
+from featuremap.extraction import FeatureMaps, LayerMeta
 from featuremap.layers import resolve_layers
 from featuremap.tasks import classify as cls
 from featuremap.tasks import segment as seg

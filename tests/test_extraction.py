@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featuremap.errors import ConfigError, UnknownNameError
-from featuremap.extract import Extractor, FeatureMaps, extract
+from featuremap.extraction import Extractor, FeatureMaps, extract
 
 ORACLE = {
     "resnet18": ["conv1", "layer1.0.conv1", "layer2", "layer3.1.bn2", "layer4"],
@@ -181,7 +181,7 @@ def test_bad_model_and_images():
 def test_retain_memory_tunes_glibc_and_extraction_still_exact():
     import platform
 
-    from featuremap.extract import retain_memory
+    from featuremap.extraction import retain_memory
 
     tuned = retain_memory()
     assert tuned is (platform.libc_ver()[0] == "glibc")
@@ -193,10 +193,18 @@ def test_retain_memory_tunes_glibc_and_extraction_still_exact():
 
 
 def test_overview_layers_are_stage_ends():
-    from featuremap.extract import overview_layers
+    from featuremap.extraction import overview_layers
 
     names = overview_layers(torchvision.models.resnet18(), input_size=64)
     assert names == ["conv1", "relu", "layer1", "layer2", "layer3", "layer4"]
     with pytest.raises(ConfigError, match="no layer with spatial feature maps"):
         overview_layers(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), input_size=2,
                         in_channels=3)
+
+
+def test_public_extract_stays_a_function_after_the_module_is_imported():
+    import featuremap
+    import featuremap.extraction  # noqa: F401
+
+    assert callable(featuremap.extract)
+    assert featuremap.extract is featuremap.extraction.extract
