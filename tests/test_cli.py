@@ -434,3 +434,12 @@ def test_scenes_writes_both_layouts_and_never_into_a_full_folder(tmp_path, capsy
     run_ok(["scenes", str(tmp_path / "s"), "--n", "5", "--layout", "segmentation"], capsys)
     assert len(list((tmp_path / "s" / "masks").glob("*.png"))) == 5
     assert "not an empty folder" in run_error(["scenes", str(tmp_path / "c")], capsys)
+
+
+def test_explicit_out_is_never_overwritten_without_asking(photo, tmp_path, capsys):
+    target = tmp_path / "mine.png"
+    target.write_bytes(b"precious")
+    line = run_error(["conv", str(photo), "--out", str(target)], capsys)
+    assert "pass --overwrite" in line and target.read_bytes() == b"precious"
+    run_ok(["conv", str(photo), "--out", str(target), "--overwrite"], capsys)
+    assert target.read_bytes()[:4] == b"\x89PNG"

@@ -27,12 +27,14 @@ def claims(block: str) -> list[tuple[str, str]]:
 
 def test_readme_python_blocks_run_and_claims_hold(monkeypatch):
     monkeypatch.chdir(README.parent)
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    text = README.read_text()
+    blocks = [(m.group(1), text[: m.start(1)].count("\n"))
+              for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S)]
     assert blocks
     checked = 0
-    for block in blocks:
-        namespace: dict = {}
-        exec(compile(block, "README.md", "exec"), namespace)
+    for block, offset in blocks:
+        namespace: dict = {}  # padded so tracebacks give the README's own line numbers
+        exec(compile("\n" * offset + block, "README.md", "exec"), namespace)
         for expr, value in claims(block):
             assert repr(eval(expr, namespace)) == value, expr
             checked += 1

@@ -65,6 +65,19 @@ def _padding_opt(text: str) -> int | tuple[int, int] | str:
     return text.lower() if text.lower() in ("same", "valid") else _pair_opt(text, "padding")
 
 
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")]
+
+
+def _target(out: Path | None, default: str, overwrite: bool) -> Path:
+    """Where to write: --out (an existing file only with --overwrite), else a free default."""
+    if out is None:
+        return _free_path(default)
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise ConfigError(f"'{out}' exists: pass --overwrite to replace it, or choose another "
+                          "--out.")
+    return out
+
+
 def _free_path(name: str) -> Path:
     """A default output path that overwrites nothing: name, name-1, name-2, ..."""
     path = Path(name)
@@ -103,6 +116,7 @@ def conv(
         "range, printed under it).")] = False,
     short_side: ShortSide = None,
     max_pixels: MaxPixels = 50_000_000,
+    overwrite: Overwrite = False,
 ) -> None:
     """Apply a filter bank to an image: print each map's shape and range, write the grid."""
     from featuremap.plot import plot_maps, save_figure
@@ -112,7 +126,7 @@ def conv(
                         padding=_padding_opt(padding), dilation=_pair_opt(dilation, "dilation"),
                         padding_mode=padding_mode, depth=depth, channels=channels, seed=seed,
                         short_side=short_side, max_pixels=max_pixels)
-    target = out or _free_path("maps.png")
+    target = _target(out, "maps.png", overwrite)
     fig = plot_maps(maps.maps, names=maps.names, title=f"{image} / {filters}",
                     shared_scale=shared_scale)
     save_figure(fig, target)
@@ -218,13 +232,14 @@ def demo(
     out: Annotated[Path | None, typer.Option(
         help="HTML file to write (default: featuremap-demo.html, never overwritten).")] = None,
     short_side: Annotated[int, typer.Option("--short-side", help="Work at this size.")] = 256,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a self-contained HTML report: feature maps of a photo, tuned and explained."""
     from featuremap.demo import build_demo
 
     console = _console()
     with console.status("building the demo report") as status:
-        path = build_demo(image, out=out or _free_path("featuremap-demo.html"),
+        path = build_demo(image, out=_target(out, "featuremap-demo.html", overwrite),
                           short_side=short_side,
                           progress=lambda msg: status.update(f"building: {msg}"))
     console.print(f"wrote {path.resolve()}")
@@ -358,6 +373,7 @@ def show(
         help="PNG to write (default: grid.png, never overwritten).")] = None,
     shared_scale: Annotated[bool, typer.Option("--shared-scale", help="One colour scale for "
                                                "all channels.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """The feature maps of one layer of a network: a channel grid, an overlay, or its filters."""
     from featuremap.extraction import extract
@@ -386,7 +402,7 @@ def show(
     else:
         fig = plot_layer(fm, name, top=top or None, channels=chosen, shared_scale=shared_scale,
                          note=note)
-    target = save_figure(fig, out or _free_path("grid.png"))
+    target = save_figure(fig, _target(out, "grid.png", overwrite))
     typer.echo(f"{loaded.name} {name} ({meta.type}): maps {_shape_text(meta.shape[1:])}"
                + (f", stride {meta.stride[0]:g}" if meta.stride else "")
                + f"; input {_shape_text(fm.input_shape[1:])}")
@@ -404,6 +420,7 @@ def overview(
     per_layer: Annotated[int, typer.Option("--per-layer", help="Channels per layer.")] = 8,
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: overview.png, never overwritten).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Feature maps from low to high layers: edges first, parts and objects later."""
     from featuremap.extraction import extract, overview_layers
@@ -415,7 +432,7 @@ def overview(
     fm = extract(loaded, image, layers=names)
     _notes(fm)
     fig = plot_overview(fm, per_layer=per_layer, note=f"weights: {loaded.weights}")
-    target = save_figure(fig, out or _free_path("overview.png"))
+    target = save_figure(fig, _target(out, "overview.png", overwrite))
     for name, meta in fm.meta.items():
         typer.echo(f"{name:32s} {meta.type:18s} {_shape_text(meta.shape[1:]):>16s}"
                    + (f"  stride {meta.stride[0]:g}" if meta.stride else ""))
@@ -440,6 +457,7 @@ def classify(
         "--class", help="Explain this class (name or index) instead of the top one.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="PNG for the CAM (default: cam.png, never overwritten).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """The top classes of an image, and where the network looked (class-activation map)."""
     from featuremap.tasks.classify import cam as cam_fn
@@ -461,7 +479,7 @@ def classify(
     fig = plot_overlay(result.image, result.heatmap, label=result.method,
                        title=f"{result.method} at {result.layer}: '{result.class_name}' "
                        f"(p = {result.probability:.3f})")
-    target = save_figure(fig, out or _free_path("cam.png"))
+    target = save_figure(fig, _target(out, "cam.png", overwrite))
     typer.echo(str(result))
     typer.echo(f"wrote {target}")
 
@@ -482,17 +500,14 @@ def probe(
     out: Annotated[Path | None, typer.Option(
         help="Where to save the probes (.safetensors + .json; default probes.safetensors, "
         "never overwritten).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")
-                         ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Linear probes on frozen maps: how well each layer's features tell the classes apart."""
     from rich.progress import Progress
 
     from featuremap.tasks.classify import probe as probe_fn
 
-    target = out or _free_path("probes.safetensors")
-    if target.exists() and not overwrite:  # say so before the work, not after
-        raise ConfigError(f"'{target}' exists: pass --overwrite or pick another --out.")
+    target = _target(out, "probes.safetensors", overwrite)  # before the work, not after
     loaded = _load(model, weights)
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("images", total=None)
@@ -526,6 +541,7 @@ def segment(
         help="A head fitted by 'featuremap fit-seg' (.safetensors).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: seg.png, never overwritten).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Per-pixel labels: clusters of feature maps, or the model's own segmentation head."""
     from featuremap.plot import plot_segmentation, save_figure
@@ -544,7 +560,7 @@ def segment(
     else:
         seg = segment_fn(loaded, image)
     target = save_figure(plot_segmentation(seg, title=f"{loaded.name}: {seg.method}"),
-                         out or _free_path("seg.png"))
+                         _target(out, "seg.png", overwrite))
     _print_shares(seg)
     typer.echo(f"wrote {target}")
 
@@ -577,17 +593,14 @@ def fit_seg(
     out: Annotated[Path | None, typer.Option(
         help="Where to save the head (.safetensors + .json; default head.safetensors, never "
         "overwritten).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")
-                         ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a 1x1-convolution segmentation head on frozen feature maps; report IoU per class."""
     from rich.progress import Progress
 
     from featuremap.tasks.segment import fit_seg_head
 
-    target = out or _free_path("head.safetensors")
-    if target.exists() and not overwrite:
-        raise ConfigError(f"'{target}' exists: pass --overwrite or pick another --out.")
+    target = _target(out, "head.safetensors", overwrite)
     loaded = _load(model, weights)
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("fitting", total=None)

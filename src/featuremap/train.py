@@ -260,7 +260,7 @@ def save_bundled(model: ShapesNet, meta: dict, folder: str | os.PathLike[str]) -
         "segmentation_classes": list(CLASSES),
         "config": {"num_classes": model.num_classes,
                    "widths": [block.conv1.out_channels for block in model.backbone]},
-        "weights": "bundled (trained on synthetic scenes, see recipe)",
+        "weights": "shapes.safetensors (trained on generated scenes; recipe in shapes.json)",
         "input_size": 64,
         "mean": list(model.mean),
         "std": list(model.std),

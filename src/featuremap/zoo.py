@@ -40,7 +40,8 @@ __all__ = ["Model", "RANDOM_NOTE", "list_models", "load_model"]
 
 RANDOM = "random"  # weights="random" (or "none"): random init, for any model, the bundled one too
 RANDOM_NOTE = (
-    "random weights: untrained maps show no learned features; pass weights='DEFAULT' or a file"
+    "random weights: untrained maps show no learned features; load trained ones with "
+    "weights='DEFAULT' (--weights DEFAULT) or a weights file"
 )
 _MODELS_HINT = "Run 'featuremap models' to list them."
 _FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
