@@ -35,8 +35,11 @@ def _tutorial(report: Report, image, short_side: int) -> tuple:
                    "N filters give N feature maps.")
     report.figure(plot.plot_maps(maps.maps, names=maps.names, title="filter bank",
                                  shared_scale=False),
-                  "One map per filter. Blue is negative, red positive (diverging scale centred "
-                  "on zero); each map is stretched to its own range, written under it.")
+                  "One map per filter. Maps with negative values: blue negative, red positive "
+                  "(a diverging scale centred on zero); non-negative maps (the Gaussian): "
+                  "viridis from their minimum to their maximum. Each map is stretched to its "
+                  "own range, written under it. The bright lines along the borders are real: "
+                  "'same' padding adds zeros there, and the step from image to zero is an edge.")
     report.table(["map", "shape", "min", "mean", "max"], maps.stats(),
                  "Statistics of every map.")
     report.code(str(maps.cost))
