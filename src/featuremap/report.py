@@ -26,7 +26,7 @@ padding-bottom:.2em}h3{margin-top:1.4em}.sub{color:#5b6570;margin-top:0}
 figure{margin:1em 0;text-align:center}figure img{max-width:100%;height:auto;
 border:1px solid #e3e7ec}figcaption{color:#48525c;font-size:.92em;margin-top:.3em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #d8dde3;
-padding:.25em .6em;text-align:right}th{background:#f3f5f7}td:first-child,th:first-child
+padding:.25em .6em;text-align:right}th{background:#f3f5f7}td:first-child,th:first-child,td.l
 {text-align:left}pre{background:#f6f8fa;border:1px solid #e3e7ec;padding:.8em;overflow-x:auto;
 font-size:.85em;line-height:1.35}nav a{margin-right:1em}footer{margin-top:3em;color:#77808a;
 font-size:.85em}
@@ -82,8 +82,8 @@ class Report:
               caption: str = "") -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
-            for row in rows
+            "<tr>" + "".join(f"<td{_align(c)}>{html.escape(_cell(c))}</td>" for c in row)
+            + "</tr>" for row in rows
         )
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
@@ -111,6 +111,17 @@ class Report:
             raise ConfigError(f"cannot write '{p}': the folder '{p.parent}' does not exist.")
         p.write_text(self.html(), encoding="utf-8")
         return p
+
+
+def _align(value: Any) -> str:
+    """Words align left, numbers (and shapes) right."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value.replace(",", "").rstrip("%"))
+        return ""
+    except ValueError:
+        return ' class="l"'
 
 
 def _cell(value: Any) -> str:
