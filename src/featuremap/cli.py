@@ -22,6 +22,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    epilog="Examples:\n\n  featuremap demo\n\n"
+    "  featuremap conv sample:astronaut --filters sobel,gabor:8 --stride 2 --padding same\n\n"
+    "  featuremap overview docs/scene.png --model shapes\n\n"
+    "  featuremap classify docs/scene.png --cam auto\n\n"
+    "Each command has its own examples: featuremap COMMAND --help",
 )
 
 # ------------------------------------------------------------------ options shared by commands
