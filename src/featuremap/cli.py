@@ -200,34 +200,35 @@ def explain(
     typer.echo(str(e))
 
 
+def _print_listing(title: str, columns: tuple[str, str], rows) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
 @app.command(epilog="Example:\n\n  featuremap samples")
 def samples() -> None:
     """List the bundled sample photos, usable as sample:NAME wherever an image is taken."""
-    from rich.table import Table
-
     from featuremap.images import list_samples
 
-    table = Table(title="Sample images (use as sample:NAME)")
-    table.add_column("name")
-    table.add_column("description")
-    for name, text in list_samples().items():
-        table.add_row(f"sample:{name}", text)
-    _console().print(table)
+    _print_listing("Sample images (use as sample:NAME)", ("name", "description"),
+                   ((f"sample:{name}", text) for name, text in list_samples().items()))
 
 
 @app.command(epilog="Example:\n\n  featuremap filters")
 def filters() -> None:
     """List the named filters that --filters accepts, with their arguments."""
-    from rich.table import Table
-
     from featuremap.filters import list_filters
 
-    table = Table(title="Filters (combine with commas: sobel,gabor:8,random:4)")
-    table.add_column("name")
-    table.add_column("description")
-    for name, text in list_filters().items():
-        table.add_row(name, text)
-    _console().print(table)
+    _print_listing("Filters (combine with commas: sobel,gabor:8,random:4)",
+                   ("syntax", "description"),
+                   (tuple(text.split("  ", 1)) if "  " in text else (name, text)
+                    for name, text in list_filters().items()))
 
 
 @app.command(epilog="Examples:\n\n  featuremap demo\n\n"
@@ -284,16 +285,10 @@ def _notes(fm) -> None:
 @app.command(epilog="Example:\n\n  featuremap models")
 def models() -> None:
     """List the models --model accepts: the bundled one and torchvision's (timm:NAME too)."""
-    from rich.table import Table
-
     from featuremap.zoo import list_models
 
-    table = Table(title="Models (any timm model as timm:NAME when timm is installed)")
-    table.add_column("name")
-    table.add_column("kind")
-    for name, kind in list_models().items():
-        table.add_row(name, kind)
-    _console().print(table)
+    _print_listing("Models (any timm model as timm:NAME when timm is installed)",
+                   ("name", "kind"), list_models().items())
 
 
 @app.command(epilog="Examples:\n\n  featuremap layers shapes\n\n"
