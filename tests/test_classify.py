@@ -281,31 +281,26 @@ def test_cam_needs_gap_and_one_linear_layer(shapes, scenes):
 
 
 def test_cam_peak_falls_on_the_object(shapes, scenes):
-    """The issue's quality bar, on 100 fresh scenes, for CAM and Grad-CAM on backbone.block4.
+    """The issue's quality bar, on 100 fresh scenes, for CAM and Grad-CAM on backbone.block4:
+    the peak pixel of the upsampled map lies inside the main object's mask in >= 90% of images.
 
-    A hit: the heatmap's peak cell, mapped to the 8x8 input pixels it covers, holds pixels of
-    the main object (chance: about 26%). Measured: 95% for both. The stricter peak *pixel* of
-    ``upsampled`` is inside the mask for every solid shape (100%), but rings and crescents peak in
-    their hole or bite (a stride-8 map cannot resolve it): 80% over all scenes.
+    Also checked: the peak cell of the 8x8 map touches the object (chance: about 26%). The
+    recipe's CAM term (featuremap.train._cam_loss) is what makes rings and crescents peak on
+    themselves rather than in their hole or bite.
     """
-    hits = {"cam": 0, "grad-cam": 0}
     strict = {"cam": 0, "grad-cam": 0}
-    solid_hits, solid = 0, 0
+    cells_hit = {"cam": 0, "grad-cam": 0}
     for scene in scenes:
         obj = scene.mask == scene.label
         cells = obj.reshape(8, 8, 8, 8).any(axis=(1, 3))  # does each 8x8 cell touch the object?
-        is_solid = CLASSES[scene.label] not in ("ring", "crescent")
-        solid += is_solid
         for result in (cam(shapes, scene.image, layer="backbone.block4"),
                        grad_cam(shapes, scene.image, layer="backbone.block4")):
             hy, hx = np.unravel_index(np.argmax(result.heatmap), result.heatmap.shape)
-            hits[result.method] += bool(cells[hy, hx])
+            cells_hit[result.method] += bool(cells[hy, hx])
             strict[result.method] += bool(obj[result.peak])
-            solid_hits += is_solid and bool(obj[result.peak])
     n = len(scenes)
-    assert hits["cam"] / n >= 0.9 and hits["grad-cam"] / n >= 0.9, hits
-    assert solid_hits / (2 * solid) >= 0.9, (solid_hits, solid)
-    assert min(strict.values()) / n >= 0.75, strict
+    assert min(strict.values()) / n >= 0.9, strict
+    assert min(cells_hit.values()) / n >= 0.9, cells_hit
 
 
 # ------------------------------------------------------------------------------------ probes
