@@ -443,3 +443,13 @@ def test_explicit_out_is_never_overwritten_without_asking(photo, tmp_path, capsy
     assert "pass --overwrite" in line and target.read_bytes() == b"precious"
     run_ok(["conv", str(photo), "--out", str(target), "--overwrite"], capsys)
     assert target.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_a_network_value(capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["explain", str(scene), "--layer", "backbone.block2.conv1", "--at", "3,10,12"],
+                 capsys)
+    assert "backbone.block2.conv1, output channel 3" in out and "sum of products" in out
+    line = run_error(["explain", str(scene), "--layer", "backbone.block1.relu1", "--at",
+                      "0,0,0"], capsys)
+    assert "is not a Conv2d" in line

@@ -176,7 +176,8 @@ def shape(
 
 @app.command(epilog="Examples:\n\n  featuremap explain sample:camera --filters sobel --at 0,100,120"
              "\n\n  featuremap explain photo.png -f laplacian --at 0,0,0 --padding 1"
-             " --padding-mode reflect")
+             " --padding-mode reflect\n\n  featuremap explain docs/scene.png --model shapes "
+             "--layer backbone.block2.conv1 --at 3,10,12")
 def explain(
     image: Image,
     at: Annotated[str, typer.Option(help="Which value: MAP,Y,X (map index, row, column).")],
@@ -189,8 +190,19 @@ def explain(
     seed: Seed = 0,
     short_side: ShortSide = None,
     max_pixels: MaxPixels = 50_000_000,
+    layer: Annotated[str | None, typer.Option(
+        "--layer", "-l", help="A Conv2d layer of --model: explain the network's value instead "
+        "(--at is then CHANNEL,Y,X of that layer's output).")] = None,
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
 ) -> None:
     """Show the patch x kernel products whose sum is one value of a feature map."""
+    if layer is not None:
+        from featuremap.value import explain as explain_network
+
+        loaded = _load(model, weights)
+        typer.echo(str(explain_network(loaded, image, layer=layer, at=_ints(at, "at", (3,)))))
+        return
     from featuremap.toy import explain_value
 
     e = explain_value(image, filters, at=_ints(at, "at", (3,)), stride=_pair_opt(stride, "stride"),

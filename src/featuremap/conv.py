@@ -381,8 +381,12 @@ def _fmt_grid(a: np.ndarray, mark: np.ndarray | None = None, width: int = 7) -> 
     return lines
 
 
-def format_explanation(e: Explanation) -> str:
-    """The printed form of an :class:`Explanation`: patch, kernel and products per channel."""
+def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
+    """The printed form of an :class:`Explanation`: patch, kernel and products per channel.
+
+    With more than ``max_channels`` input channels, the channels that contribute most (largest
+    absolute sum of products) come first and the rest are summed in one line.
+    """
     st = e.settings
     (pt, pb), (pl, pr) = st["padding"]
     d, y, x = e.at
@@ -397,7 +401,14 @@ def format_explanation(e: Explanation) -> str:
     width = max(7, max(len(f"[{v:.3g}]") for v in np.concatenate(
         [e.patch.ravel(), e.kernel.ravel(), e.products.ravel()])) + 1)
     body = []
-    for k, ch in enumerate(e.channels):
+    sums = e.products.reshape(len(e.channels), -1).sum(1, dtype=np.float64)
+    order = list(range(len(e.channels)))
+    if len(order) > max_channels:
+        order = [int(k) for k in np.argsort(-np.abs(sums), kind="stable")[:max_channels]]
+        body.append(f"\n{len(e.channels)} input channels; the {max_channels} that contribute "
+                    "most are shown")
+    for k in order:
+        ch = e.channels[k]
         label = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
         body.append(f"\n{label}: patch x kernel = products (sum {e.products[k].sum():.6g})")
         cols = [_fmt_grid(e.patch[k], e.padded, width), _fmt_grid(e.kernel[k], None, width),
@@ -406,5 +417,8 @@ def format_explanation(e: Explanation) -> str:
             sep = ("  x  ", "  =  ") if r == len(cols[0]) // 2 else ("     ", "     ")
             body.append(cols[0][r] + sep[0] + cols[1][r] + sep[1] + cols[2][r])
     total = e.products.sum(dtype=np.float64)
-    tail = [f"\nsum of products {total:.6g} + bias {e.bias:.6g} = {e.value:.6g}"]
+    rest = [k for k in range(len(e.channels)) if k not in order]
+    tail = [f"\nthe other {len(rest)} channels: products sum to {sums[rest].sum():.6g}"] \
+        if rest else []
+    tail.append(f"\nsum of products {total:.6g} + bias {e.bias:.6g} = {e.value:.6g}")
     return "\n".join(head + body + tail)
