@@ -30,6 +30,7 @@ _EXPORTS = {
     "extract": "featuremap.extraction",
     "FeatureMaps": "featuremap.extraction",
     "Extractor": "featuremap.extraction",
+    "explain": "featuremap.value",
 }
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "compute_maps",
     "conv2d",
     "conv_cost",
+    "explain",
     "explain_value",
     "extract",
     "filter_bank",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.layers import list_layers
     from featuremap.plot import plot_comparison, plot_maps
     from featuremap.toy import compute_maps, explain_value
+    from featuremap.value import explain
     from featuremap.zoo import list_models, load_model
 
 
