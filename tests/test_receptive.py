@@ -1,0 +1,90 @@
+"""Receptive fields: analytic against the support of the gradient, and published sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from featuremap.errors import ConfigError
+from featuremap.receptive import empirical_receptive_field, receptive_field
+
+
+@st.composite
+def chains(draw):
+    layers = []
+    for _ in range(draw(st.integers(1, 4))):
+        # dilation 1 and stride <= kernel: otherwise the box spans gaps (pixels no tap reads)
+        # that the gradient's support does not reach at the image border
+        k, d = draw(st.integers(1, 4)), 1
+        s = min(k, draw(st.integers(1, 2)))
+        if draw(st.booleans()):
+            layers.append(nn.Conv2d(2, 2, k, stride=s, padding=draw(st.integers(0, (k - 1) * d)),
+                                    dilation=d))
+        else:
+            layers.append(nn.AvgPool2d(k, stride=s, padding=draw(st.integers(0, k // 2))))
+    return layers
+
+
+@settings(max_examples=60, deadline=None)
+@given(chains(), st.data())
+def test_analytic_equals_gradient_support_on_positive_chains(layers, data):
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), *layers)
+    for p in net.parameters():
+        nn.init.uniform_(p, 0.1, 1.0)  # positive weights: no gradient cancels
+    size = 48
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, size, size))
+    pos = (data.draw(st.integers(0, out.shape[2] - 1)), data.draw(st.integers(0, out.shape[3] - 1)))
+    name = str(len(net) - 1)
+    analytic = receptive_field(net, name, position=pos, input_size=size)
+    empirical, _ = empirical_receptive_field(net, name, position=pos, input_size=size,
+                                             image=torch.rand(1, 3, size, size) + 0.1)
+    if analytic.box == analytic.clipped_box:  # away from the border: exactly the support
+        assert analytic.box == empirical.box
+    else:  # padding at some layer: the analytic box is the bound, the support lies inside it
+        y0, x0, y1, x1 = analytic.clipped_box
+        e0, f0, e1, f1 = empirical.box
+        assert y0 <= e0 and x0 <= f0 and e1 <= y1 and f1 <= x1
+
+
+def test_dilated_kernel_box_contains_the_taps():
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, dilation=3, padding=3))
+    nn.init.constant_(net[0].weight, 1.0)
+    analytic = receptive_field(net, "0", position=(10, 10), input_size=32)
+    empirical, erf = empirical_receptive_field(net, "0", position=(10, 10), input_size=32,
+                                               image=torch.rand(1, 1, 32, 32))
+    assert analytic.box == empirical.box == (7, 7, 14, 14)
+    assert (erf > 0).sum() == 9  # only the 3 x 3 taps, the gaps between them are not seen
+
+
+def test_published_sizes():
+    assert receptive_field(torchvision.models.alexnet(), "features.12").size == (195, 195)
+    assert receptive_field(torchvision.models.vgg16(), "features.30").size == (212, 212)
+
+
+@pytest.mark.parametrize(("arch", "layer"), [("resnet18", "layer3"), ("resnet18", "layer1.1"),
+                                             ("densenet121", "features.denseblock2")])
+def test_analytic_contains_empirical_on_branching_nets(arch, layer):
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(arch).eval()
+    analytic = receptive_field(net, layer, position=(3, 4), input_size=128)
+    empirical, erf = empirical_receptive_field(net, layer, position=(3, 4), input_size=128)
+    y0, x0, y1, x1 = analytic.clipped_box
+    e0, f0, e1, f1 = empirical.box
+    assert y0 <= e0 and x0 <= f0 and e1 <= y1 and f1 <= x1
+    assert erf.shape == (128, 128) and erf.max() > 0
+
+
+def test_max_pools_contain_and_non_spatial_layers_refused():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    analytic = receptive_field(net, "2", position=(2, 2), input_size=32)
+    empirical, _ = empirical_receptive_field(net, "2", position=(2, 2), input_size=32)
+    assert analytic.box[0] <= empirical.box[0] and empirical.box[2] <= analytic.box[2]
+    assert analytic.stride == (2.0, 2.0) and analytic.size == (8, 8)
+    with pytest.raises(ConfigError, match="no spatial receptive field"):
+        receptive_field(net, "5")
