@@ -453,3 +453,15 @@ def test_explain_a_network_value(capsys):
     line = run_error(["explain", str(scene), "--layer", "backbone.block1.relu1", "--at",
                       "0,0,0"], capsys)
     assert "is not a Conv2d" in line
+
+
+def test_rf_command_box_heatmap_and_bad_inputs(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["rf", str(scene), "--layer", "backbone.block2", "--at", "8,8", "--out",
+                  str(tmp_path / "rf.png")], capsys)
+    assert "analytic box (y0, x0, y1, x1) (26, 26, 42, 42)" in out
+    assert "gradient support box (26, 26, 42, 42)" in out
+    assert "outside the 16 x 16 map" in run_error(["rf", str(scene), "--layer",
+                                                   "backbone.block2", "--at", "40,8"], capsys)
+    assert "no spatial receptive field" in run_error(["rf", str(scene), "--layer",
+                                                      "classifier.fc", "--at", "0,0"], capsys)

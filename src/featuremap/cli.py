@@ -451,6 +451,43 @@ def overview(
     typer.echo(f"wrote {target}")
 
 
+@app.command(epilog="Examples:\n\n  featuremap rf docs/scene.png --layer backbone.block2 --at 8,8"
+             "\n\n  featuremap rf photo.jpg -m resnet18 --weights DEFAULT --layer layer3 "
+             "--at 7,7 --out rf.png")
+def rf(
+    image: Image,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer whose value to trace.")],
+    at: Annotated[str, typer.Option(help="Position Y,X in that layer's map.")],
+    model: ModelOpt = "shapes",
+    weights: WeightsOpt = "DEFAULT",
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: rf.png, never overwritten).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """The receptive field of one value: the analytic box and the effective (gradient) field."""
+    from featuremap.extraction import prepare_images
+    from featuremap.plot import plot_receptive_field, save_figure
+    from featuremap.receptive import empirical_receptive_field, receptive_field
+
+    y, x = _ints(at, "at", (2,))
+    loaded = _load(model, weights)
+    batch, raw, _ = prepare_images(image, loaded.preprocess)
+    size = tuple(batch.shape[2:])
+    support, erf = empirical_receptive_field(loaded, layer, position=(y, x), input_size=size,
+                                             image=batch[:1])  # also checks the position
+    field = receptive_field(loaded, layer, position=(y, x), input_size=size)
+    fig = plot_receptive_field(raw[0], field.box, erf, title=(
+        f"{loaded.name} {layer} at ({y}, {x}): stride {field.stride[0]:g}, field "
+        f"{field.size[0]} x {field.size[1]} px"))
+    target = save_figure(fig, _target(out, "rf.png", overwrite))
+    typer.echo(f"{loaded.name} {layer} at (y, x) = ({y}, {x}), input {size[0]} x {size[1]}")
+    typer.echo(f"analytic box (y0, x0, y1, x1) {field.box}, clipped {field.clipped_box}, size "
+               f"{field.size[0]} x {field.size[1]}, stride {field.stride[0]:g}, offset "
+               f"{field.offset[0]:g}")
+    typer.echo(f"gradient support box {support.box}")
+    typer.echo(f"wrote {target}")
+
+
 # ------------------------------------------------------------------------------- recognition
 @app.command(epilog="Examples:\n\n  featuremap classify docs/scene.png\n\n"
              "  featuremap classify docs/scene.png --cam backbone.block4 --out cam.png\n\n"

@@ -33,6 +33,7 @@ __all__ = [
     "plot_maps",
     "plot_overlay",
     "plot_overview",
+    "plot_receptive_field",
     "plot_segmentation",
     "save_figure",
     "select_channels",
@@ -563,4 +564,29 @@ def _segmentation_figure(panels: list[tuple[str, np.ndarray]], entries: list[tup
                frameon=False, title=f"{len(entries)} of {len(colours)} labels present "
                "(share of pixels)", title_fontsize=8)
     fig.suptitle(_wrap(f"{title} ({h} x {w})", fig), fontsize=10)
+    return fig
+
+
+def plot_receptive_field(image: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarray, *,
+                         title: str = "", inches: float = 4.5) -> Figure:
+    """The analytic receptive field (a rectangle) and the effective one (gradient magnitude as a
+    heatmap) of one value, over the image ``(3, H, W)`` in [0, 1]."""
+    from matplotlib.patches import Rectangle
+
+    rgb = np.clip(np.moveaxis(np.asarray(image, np.float32), 0, -1), 0, 1)
+    fig = _figure(inches + 0.9, inches * rgb.shape[0] / rgb.shape[1] + 0.6, layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
+    shown = ax.imshow(np.asarray(erf, np.float32), cmap="inferno", alpha=0.6)
+    y0, x0, y1, x1 = box
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.8,
+                           edgecolor="#00d0ff", label=f"analytic field {y1 - y0} x {x1 - x0}"))
+    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("|d value / d input| (effective field)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return fig

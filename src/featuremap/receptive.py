@@ -154,7 +154,14 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     finally:
         handle.remove()
     out = seen["out"]
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise ConfigError(f"layer '{name}' has no spatial receptive field (its output is not "
+                          "feature maps (N, C, H, W)).")
     y0, x0 = position
+    if not (0 <= y0 < out.shape[2] and 0 <= x0 < out.shape[3]):
+        raise ConfigError(f"position {tuple(position)} is outside the {out.shape[2]} x "
+                          f"{out.shape[3]} map of '{name}' (y in 0..{out.shape[2] - 1}, x in "
+                          f"0..{out.shape[3] - 1}).")
     value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
     grad = torch.autograd.grad(value, x)[0][0].abs().sum(0)
     rows = torch.nonzero(grad.sum(1)).flatten()
