@@ -730,6 +730,10 @@ def train_demo(
 
         def tick(step: int, total: int, info: dict) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {info['loss']:.3f}")
+            if not sys.stdout.isatty() and step % max(1, total // epochs) == 0:
+                # a pipe or a log file shows no live bar: one line per epoch instead
+                typer.echo(f"epoch {step * epochs // total}/{epochs}: step {step}/{total}, "
+                           f"loss {info['loss']:.3f}")
 
         meta = build_bundle(out, seed=seed, eval_n=eval_n, progress=tick, epochs=epochs,
                             n_train=n_train)
