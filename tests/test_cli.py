@@ -465,3 +465,24 @@ def test_rf_command_box_heatmap_and_bad_inputs(tmp_path, capsys):
                                                    "backbone.block2", "--at", "40,8"], capsys)
     assert "no spatial receptive field" in run_error(["rf", str(scene), "--layer",
                                                       "classifier.fc", "--at", "0,0"], capsys)
+
+
+def _row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if f" {name} " in line)
+    return [cell.strip() for cell in line.strip("│┃ ").split("│")]
+
+
+def test_layers_table_has_receptive_fields_and_strides(capsys):
+    out = run_ok(["layers", "resnet18", "--pattern", "layer*", "--input-size", "224"], capsys)
+    assert "receptive field" in out
+    assert _row(out, "layer4")[-2:] == ["32", "435"]
+    assert _row(out, "layer1.0.conv1")[-2:] == ["4", "19"]
+    out = run_ok(["layers", "resnet18", "--pattern", "avgpool|fc", "--input-size", "100"],
+                 capsys)
+    assert _row(out, "fc")[-1] == "whole image"
+
+
+def test_layers_table_marks_global_context(capsys):
+    out = run_ok(["layers", "mobilenet_v3_small", "--pattern", "^features.[01]$"], capsys)
+    assert _row(out, "features.0")[-1] == "3" and _row(out, "features.1")[-1] == "7*"
+    assert "squeeze-and-excitation" in out

@@ -8,9 +8,10 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from featuremap.errors import ConfigError
-from featuremap.receptive import empirical_receptive_field, receptive_field
+from featuremap.receptive import empirical_receptive_field, receptive_field, receptive_fields
 
 
 @st.composite
@@ -62,7 +63,10 @@ def test_dilated_kernel_box_contains_the_taps():
 
 
 def test_published_sizes():
-    assert receptive_field(torchvision.models.alexnet(), "features.12").size == (195, 195)
+    import featuremap
+
+    assert featuremap.receptive_field(torchvision.models.alexnet(), "features.12").size == (195,
+                                                                                             195)
     assert receptive_field(torchvision.models.vgg16(), "features.30").size == (212, 212)
 
 
@@ -88,3 +92,88 @@ def test_max_pools_contain_and_non_spatial_layers_refused():
     assert analytic.stride == (2.0, 2.0) and analytic.size == (8, 8)
     with pytest.raises(ConfigError, match="no spatial receptive field"):
         receptive_field(net, "5")
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # pointwise over channels
+
+
+class _Functional(nn.Module):
+    """Functional convolutions and pools, a channels-last Linear and a channel shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2)
+        self.weight = nn.Parameter(torch.rand(4, 4, 5, 5) + 0.1)
+        self.block = _ChannelsLast()
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.stem(x), 3, stride=1, padding=1)
+        x = F.conv2d(x, self.weight, padding="same")
+        x = self.block(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # shuffle
+        return F.max_pool2d(x, kernel_size=2)
+
+
+def test_functional_ops_permutes_and_reshapes_are_followed():
+    net = _Functional()
+    for p in net.parameters():
+        nn.init.uniform_(p, 0.1, 1.0)
+    analytic = receptive_field(net, "block", position=(7, 8), input_size=40)
+    assert receptive_field(net, "block.mix", position=(7, 8), input_size=40) == analytic
+    empirical, _ = empirical_receptive_field(net, "block", position=(7, 8), input_size=40,
+                                             image=torch.rand(1, 3, 40, 40) + 0.1)
+    # stem: 3 px, stride 2; avg pool 3: +2*2; conv 5: +4*2 -> 15 px, stride 2
+    assert analytic.size == (15, 15) and analytic.stride == (2.0, 2.0)
+    assert analytic.box == empirical.box
+    fields = receptive_fields(nn.Sequential(net), input_size=40)
+    assert fields["0"].size == (17, 17) and fields["0"].stride == (4.0, 4.0)  # F.max_pool2d
+    assert fields["0.block"].size == analytic.size and not fields["0"].global_context
+
+
+def test_squeeze_excitation_is_global_context():
+    net = torchvision.models.mobilenet_v3_small().eval()
+    layer = "features.2"  # after the first squeeze-and-excitation block (features.1)
+    analytic = receptive_field(net, layer, position=(3, 3), input_size=96)
+    empirical, _ = empirical_receptive_field(net, layer, position=(3, 3), input_size=96)
+    assert analytic.global_context
+    assert empirical.box == (0, 0, 96, 96)  # the global pooling reaches every pixel
+    assert not receptive_field(net, "features.0", input_size=96).global_context
+
+
+def test_every_layer_at_once_and_published_resnet50():
+    fields = receptive_fields(torchvision.models.resnet50(), input_size=224)
+    assert fields["layer4"].size == (427, 427) and fields["layer4"].stride == (32.0, 32.0)
+    assert fields["layer1.0.conv2"].size == (19, 19)
+    assert fields["avgpool"] == "global" and fields["fc"] == "global"
+    convnext = receptive_fields(torchvision.models.convnext_tiny(), input_size=64)
+    assert convnext["features.1"].size == (76, 76)  # 4 + 3 blocks x 6 x 4 (7x7 depthwise)
+
+
+def test_position_outside_the_map_is_refused():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2))
+    with pytest.raises(ConfigError, match=r"outside the 15 x 15 map of '0'"):
+        receptive_field(net, "0", position=(15, 0), input_size=32)
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else x  # data-dependent: torch.fx cannot trace it
+
+
+def test_untraceable_model_points_to_the_empirical_form():
+    with pytest.raises(ConfigError, match="cannot be traced.*empirical_receptive_field"):
+        receptive_fields(_Branchy(), input_size=16)
+    empirical, _ = empirical_receptive_field(_Branchy(), "conv", position=(4, 4), input_size=16,
+                                             image=torch.rand(1, 3, 16, 16) + 0.1)
+    assert empirical.size == (3, 3)

@@ -31,6 +31,7 @@ _EXPORTS = {
     "FeatureMaps": "featuremap.extraction",
     "Extractor": "featuremap.extraction",
     "explain": "featuremap.value",
+    "receptive_field": "featuremap.receptive",
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "output_size",
     "plot_comparison",
     "plot_maps",
+    "receptive_field",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.images import list_samples, load_image
     from featuremap.layers import list_layers
     from featuremap.plot import plot_comparison, plot_maps
+    from featuremap.receptive import receptive_field
     from featuremap.toy import compute_maps, explain_value
     from featuremap.value import explain
     from featuremap.zoo import list_models, load_model

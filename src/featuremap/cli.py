@@ -327,17 +327,45 @@ def layers(
     size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
     infos = list_layers(loaded.module, input_size=size, types=type, pattern=pattern,
                         leaves_only=leaves)
+    fields = _fields_or_note(loaded, size)
     table = Table(title=f"{loaded.name}: {len(infos)} layers at input {_size_text(size)}")
     for col in ("name", "type", "output shape", "params", "kernel", "stride", "padding",
-                "dilation", "total stride"):
+                "dilation", "total stride", "receptive field"):
         table.add_column(col, justify="left" if col in ("name", "type") else "right",
                          no_wrap=True)
     for i in infos:
+        stride, field = _field_text(fields.get(i.name), i.cumulative_stride)
         table.add_row("  " * (i.depth - 1) + i.name, i.type, _shape_text(i.output_shape),
                       f"{i.params:,}", *(format_geometry(v) for v in (
-                          i.kernel_size, i.stride, i.padding, i.dilation)),
-                      f"{i.cumulative_stride:g}" if i.cumulative_stride else "")
+                          i.kernel_size, i.stride, i.padding, i.dilation)), stride, field)
+    if any(getattr(f, "global_context", False) for f in fields.values()):
+        table.caption = ("* also sees every pixel through a global pooling on the way "
+                         "(squeeze-and-excitation) or a GroupNorm; the size is the convolution "
+                         "path's.")
     _console().print(table)
+
+
+def _fields_or_note(loaded, size) -> dict:
+    """Every layer's receptive field, or {} with a note when the model cannot be traced."""
+    from featuremap.receptive import receptive_fields
+
+    try:
+        return receptive_fields(loaded, input_size=size)
+    except FeaturemapError as err:
+        typer.echo(f"note: no receptive fields: {err}", err=True)
+        return {}
+
+
+def _field_text(field, cumulative) -> tuple[str, str]:
+    """(total stride, receptive field) cells: '8', '91' ('91*' with global context, 'whole
+    image' after global pooling); the stride falls back to the shape ratio."""
+    if field == "global":
+        return "", "whole image"
+    if field is None:
+        return (f"{cumulative:g}" if cumulative else ""), ""
+    stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
+    size = "x".join(dict.fromkeys(str(s) for s in field.size))
+    return stride, size + ("*" if field.global_context else "")
 
 
 def _input_size(loaded) -> int:

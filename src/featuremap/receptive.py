@@ -11,6 +11,9 @@ effective receptive field.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +23,7 @@ from torch import nn
 from featuremap.errors import ConfigError
 from featuremap.layers import resolve_layers
 
-__all__ = ["ReceptiveField", "empirical_receptive_field", "receptive_field"]
-
-_Axis = tuple[float, float, float]  # jump, lo, hi (input pixels, inclusive)
-
+__all__ = ["ReceptiveField", "empirical_receptive_field", "receptive_field", "receptive_fields"]
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -35,6 +35,10 @@ class ReceptiveField:
         size: ``(h, w)`` of ``box``.
         stride: the layer's cumulative stride ``(sy, sx)``.
         offset: input coordinate ``(y, x)`` of the first pixel seen by position (0, 0).
+        global_context: True when the value also depends on every input pixel through a global
+            operation on the way (the global pooling of a squeeze-and-excitation block, a
+            GroupNorm): its gradient then reaches the whole image, and ``box`` is the field of
+            the convolution path.
     """
 
     box: tuple[int, int, int, int]
@@ -42,96 +46,281 @@ class ReceptiveField:
     size: tuple[int, int]
     stride: tuple[float, float]
     offset: tuple[float, float]
+    global_context: bool = False
 
 
-def _geometry(module: nn.Module) -> tuple[tuple[int, int], ...] | None:
-    """(kernel, stride, padding, dilation) per axis for convs and fixed pools, else None."""
-    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        return None
+_Axis = tuple[float, float, float]  # jump, lo, hi (input pixels, inclusive)
+GLOBAL = "global"  # depends on every input pixel, but is no longer a map (global pooling, Linear)
 
-    def two(v: Any) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-    if isinstance(module, nn.Conv2d) and isinstance(module.padding, str):
-        raise ConfigError(f"padding='{module.padding}' is not supported by the analytic "
-                          "receptive field yet; use empirical_receptive_field.")
-    dilation = getattr(module, "dilation", 1)
-    stride = module.stride if module.stride is not None else module.kernel_size
-    return (two(module.kernel_size), two(stride), two(module.padding), two(dilation))
+# ops that are not pointwise in space but reduce over it: their output depends on every position
+_REDUCERS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
+             "adaptive_avg_pool2d", "adaptive_max_pool2d", "AdaptiveAvgPool2d",
+             "AdaptiveMaxPool2d", "flatten", "view", "reshape", "Flatten"}
+# same shape out as in, yet every value depends on every position of its channel (group)
+_SPATIAL_NORMS = ("GroupNorm", "InstanceNorm", "group_norm", "instance_norm")
+_KERNEL_OPS = {"Conv2d", "MaxPool2d", "AvgPool2d", "conv2d", "max_pool2d", "avg_pool2d",
+               "max_pool2d_with_indices"}
 
 
-def _grow(rf: tuple[_Axis, _Axis], geometry) -> tuple[_Axis, _Axis]:
+@dataclass(frozen=True)
+class _Field:
+    """A node whose output is a map of the input: which tensor dims are (y, x), their sizes, the
+    affine interval per axis, and whether a global operation also feeds it."""
+
+    dims: tuple[int, int]
+    sizes: tuple[int, int]
+    axes: tuple[_Axis, _Axis]
+    global_context: bool = False
+
+
+def _two(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def _op_name(node: Any, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)
+
+
+def _arg(node: Any, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
+    shape = getattr(meta, "shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None
+
+
+def _kernel_geometry(node: Any, name: str, modules: dict[str, nn.Module]) -> tuple:
+    """(kernel, stride, padding, dilation) per axis of a convolution or a fixed pool node."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        kernel, stride = m.kernel_size, m.stride if m.stride is not None else m.kernel_size
+        padding, dilation = m.padding, getattr(m, "dilation", 1)
+    elif name == "conv2d":
+        kernel = (_shape(node.args[1]) or (0, 0, 1, 1))[-2:]
+        stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
+        dilation = _arg(node, 5, "dilation", 1)
+    else:  # max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1), avg_pool2d
+        kernel, stride = _arg(node, 1, "kernel_size", 1), _arg(node, 2, "stride", None)
+        padding = _arg(node, 3, "padding", 0)
+        dilation = _arg(node, 4, "dilation", 1) if "max" in name else 1
+        stride = stride if stride not in (None, [], ()) else kernel
+    k, d = _two(kernel), _two(dilation)
+    if isinstance(padding, str):  # 'same' pads d * (k - 1) // 2 before, 'valid' nothing
+        padding = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d)) if padding == "same" else 0
+    return k, _two(stride), _two(padding), d
+
+
+def _grow(axes: tuple[_Axis, _Axis], geometry) -> tuple[_Axis, _Axis]:
     out = []
-    for (jump, lo, hi), k, s, p, d in zip(rf, *geometry):
+    for (jump, lo, hi), k, s, p, d in zip(axes, *geometry):
         out.append((jump * s, lo - p * jump, hi + (d * (k - 1) - p) * jump))
     return out[0], out[1]
 
 
-_RESHAPING = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Linear", "Flatten", "Upsample")
+def _moved(field: _Field, node: Any, name: str) -> _Field | str | None:
+    """Follow the spatial dims through permute/transpose and view/reshape/flatten."""
+    out = _shape(node)
+    if out is None:
+        return None
+    if name in ("permute", "transpose", "swapaxes"):
+        rank = len(out)
+        rest = [a for a in node.args[1:]] or list(node.kwargs.values())
+        dims = [int(d) % rank for d in (rest[0] if len(rest) == 1 and isinstance(
+            rest[0], (tuple, list)) else rest)]
+        if name != "permute":
+            a, b = dims
+            dims = list(range(rank))
+            dims[a], dims[b] = b, a
+        where = tuple(dims.index(d) for d in field.dims)
+        return _Field(where, field.sizes, field.axes, field.global_context)
+    inp = _shape(node.args[0])
+    if inp is None or field.dims[1] != field.dims[0] + 1:
+        return None
+    before = math.prod(inp[:field.dims[0]])
+    for i in range(len(out) - 1):
+        if math.prod(out[:i]) == before and out[i:i + 2] == field.sizes:
+            return _Field((i, i + 1), field.sizes, field.axes, field.global_context)
+    return GLOBAL  # the spatial dims were merged: no longer a map
 
 
-def _trace(model: nn.Module) -> Any:
+def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> Any:
+    """The state of one node's output from its inputs' states."""
+    maps = [s for s in inputs if isinstance(s, _Field)]
+    if any(s is None for s in inputs):
+        return None
+    if not maps:
+        return GLOBAL if GLOBAL in inputs else "const"
+    glob = GLOBAL in inputs or any(m.global_context for m in maps)
+    first = maps[0]
+    union = tuple((axis[0], min(m.axes[i][1] for m in maps), max(m.axes[i][2] for m in maps))
+                  for i, axis in enumerate(first.axes))
+    field = _Field(first.dims, first.sizes, (union[0], union[1]), glob)
+    out = _shape(node)
+    if name in _KERNEL_OPS:
+        if field.dims != (len(out) - 2, len(out) - 1) if out else True:
+            return None
+        return _Field(field.dims, out[-2:], _grow(field.axes, _kernel_geometry(
+            node, name, modules)), glob)
+    if name in ("permute", "transpose", "swapaxes", "view", "reshape", "flatten", "Flatten",
+                "unflatten"):
+        moved = _moved(field, node, name)
+        if isinstance(moved, _Field) or name not in _REDUCERS:
+            return moved
+        return GLOBAL
+    if out is None:  # tuples and other containers pass the field on (getitem reads it)
+        return field
+    keeps = len(out) > max(field.dims) and tuple(out[d] for d in field.dims) == field.sizes
+    if name in ("linear", "Linear"):
+        return field if keeps and max(field.dims) < len(out) - 1 else GLOBAL
+    if keeps and name not in _REDUCERS:
+        spatial_norm = any(n in name for n in _SPATIAL_NORMS) or (
+            name in ("LayerNorm", "layer_norm") and _normalises_space(node, modules, field))
+        return _Field(field.dims, field.sizes, field.axes, glob or spatial_norm)
+    if name in _REDUCERS or (out is not None and all(out[d] == 1 for d in field.dims
+                                                     if d < len(out))):
+        return GLOBAL
+    return None  # an op that moves positions in a way not modelled (upsampling, cropping)
+
+
+def _normalises_space(node: Any, modules: dict[str, nn.Module], field: _Field) -> bool:
+    """True when a layer norm's normalised (last) dims include a spatial dim."""
+    if node.op == "call_module":
+        count = len(modules[node.target].normalized_shape)
+    else:
+        count = len(_two(_arg(node, 1, "normalized_shape", (1,))) if isinstance(
+            _arg(node, 1, "normalized_shape", (1,)), int) else _arg(node, 1, "normalized_shape",
+                                                                     (1,)))
+    rank = len(_shape(node) or ())
+    return max(field.dims) >= rank - count
+
+
+def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     import torch.fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from featuremap.layers import _eval_no_grad, _in_channels, _zeros
 
     try:
-        return torch.fx.symbolic_trace(model)
+        graph = torch.fx.symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means the same to the user
         raise ConfigError(f"{type(model).__name__} cannot be traced for an analytic receptive "
                           f"field ({type(err).__name__}); use empirical_receptive_field.") from None
+    shape = (1, _in_channels(model), *input_size)
+    try:  # ShapeProp prints a traceback of its own on failure: keep it off the terminal
+        with _eval_no_grad(graph), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(graph).propagate(_zeros(model, shape))
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"the forward pass of {type(model).__name__} on an input "
+                          f"{shape[2]}x{shape[3]} failed while tracing its receptive fields "
+                          f"({type(err).__name__}); check input_size.") from None
+    return graph
 
 
-def _fields(model: nn.Module) -> dict[str, tuple[_Axis, _Axis] | None]:
-    """Receptive field of every module's output, by module name (None: not spatial)."""
-    graph = _trace(model)
+def _fields(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> dict[str, Any]:
+    """The state of every module's output, by module name: a _Field for maps of the input,
+    GLOBAL for outputs that depend on the whole input but are not maps, None when unknown."""
+    graph = _trace(model, input_size)
     modules = dict(graph.named_modules())
-    rf: dict[Any, tuple[_Axis, _Axis] | None] = {}
-    by_module: dict[str, tuple[_Axis, _Axis] | None] = {}
-    containers: dict[str, tuple[_Axis, _Axis] | None] = {}
+    state: dict[Any, Any] = {}
+    by_module: dict[str, Any] = {}
+    containers: dict[str, Any] = {}
+    image = True
     for node in graph.graph.nodes:
-        inputs = [rf[a] for a in node.all_input_nodes if a in rf]
         if node.op == "placeholder":
-            rf[node] = ((1.0, 0.0, 0.0), (1.0, 0.0, 0.0))
+            state[node] = _Field((2, 3), tuple(input_size), ((1.0, 0.0, 0.0),) * 2) if image \
+                else "const"
+            image = False
             continue
-        known = [r for r in inputs if r is not None]
-        target = modules.get(node.target) if node.op == "call_module" else None
-        name = type(target).__name__ if target is not None else str(node.target)
-        if not known or any(key in name for key in _RESHAPING) or any(r is None for r in inputs):
-            rf[node] = None
-        else:
-            union = tuple((a[0][0], min(r[i][1] for r in known), max(r[i][2] for r in known))
-                          for i, a in enumerate(zip(*known)))
-            geometry = _geometry(target) if target is not None else None
-            rf[node] = _grow(union, geometry) if geometry else (union[0], union[1])
+        if node.op in ("get_attr", "output"):
+            state[node] = "const" if node.op == "get_attr" else None
+            continue
+        inputs = [state[a] for a in node.all_input_nodes if a in state]
+        name = _op_name(node, modules)
+        state[node] = _step(node, name, [s for s in inputs if s != "const"], modules)
         if node.op == "call_module":  # a reused module: its first call, as extract() keeps
-            by_module.setdefault(node.target, rf[node])
+            by_module.setdefault(node.target, state[node])
         for entry in (node.meta.get("nn_module_stack") or {}).values():
             path = entry[0] if isinstance(entry, tuple) else str(entry)
             if path and path != node.target:  # a container ends with its last node
-                containers[path] = rf[node]
-    return {**containers, **by_module}
+                containers[path] = state[node]
+    return {k: (None if v == "const" else v) for k, v in {**containers, **by_module}.items()}
+
+
+def _box(field: _Field, position: tuple[int, int], size: tuple[int, int]) -> ReceptiveField:
+    (jy, ly, hy), (jx, lx, hx) = field.axes
+    y, x = position
+    box = (int(y * jy + ly), int(x * jx + lx), int(y * jy + hy) + 1, int(x * jx + hx) + 1)
+    clipped = (max(box[0], 0), max(box[1], 0), min(box[2], size[0]), min(box[3], size[1]))
+    return ReceptiveField(box, clipped, (box[2] - box[0], box[3] - box[1]), (jy, jx), (ly, lx),
+                          field.global_context)
+
+
+def _size(input_size: Any) -> tuple[int, int]:
+    from featuremap.layers import _size_pair
+
+    return _size_pair(input_size)
 
 
 def receptive_field(model: Any, layer: str, *, position: tuple[int, int] = (0, 0),
                     input_size: int | tuple[int, int] = 224) -> ReceptiveField:
     """The analytic receptive field of ``layer``'s value at ``position = (y, x)``.
 
+    Args:
+        model: a model from :func:`featuremap.load_model` or any ``nn.Module`` that torch.fx can
+            trace.
+        layer: a layer name (exact, glob or regex; the first match).
+        position: ``(y, x)`` in the layer's output map.
+        input_size: the input ``H = W`` or ``(H, W)``; it sets the map sizes and the clipping.
+
+    Raises:
+        ConfigError: a layer whose output is not a map of the input (after global pooling, a
+            Linear layer, upsampling), a position outside the map, an untraceable model.
+
     Example:
         >>> receptive_field(torchvision.models.vgg16(), "features.30").size  # doctest: +SKIP
         (212, 212)
     """
     module = getattr(model, "module", model)
-    name = resolve_layers(module, [layer])[0]
-    fields = _fields(module)
-    rf = fields.get(name)
-    if rf is None:
-        raise ConfigError(f"layer '{name}' has no spatial receptive field (its output is not a "
-                          "map of the input, e.g. after global pooling or a Linear layer).")
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    (jy, ly, hy), (jx, lx, hx) = rf
+    name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
+    size = _size(input_size)
+    field = _fields(module, size).get(name)
+    if not isinstance(field, _Field):
+        why = ("it depends on the whole input but is not a map (after global pooling, flattening "
+               "or a Linear layer)" if field == GLOBAL else "its output is not a map of the input"
+               " that the analysis can follow (e.g. after upsampling), or the layer did not run")
+        raise ConfigError(f"layer '{name}' has no spatial receptive field: {why}.")
+    _check_position(position, field.sizes, name)
+    return _box(field, position, size)
+
+
+def _check_position(position: Any, sizes: tuple[int, int], name: str) -> None:
     y, x = position
-    box = (int(y * jy + ly), int(x * jx + lx), int(y * jy + hy) + 1, int(x * jx + hx) + 1)
-    clipped = (max(box[0], 0), max(box[1], 0), min(box[2], h), min(box[3], w))
-    return ReceptiveField(box, clipped, (box[2] - box[0], box[3] - box[1]), (jy, jx), (ly, lx))
+    if not (0 <= y < sizes[0] and 0 <= x < sizes[1]):
+        raise ConfigError(f"position {tuple(position)} is outside the {sizes[0]} x {sizes[1]} "
+                          f"map of '{name}' (y in 0..{sizes[0] - 1}, x in 0..{sizes[1] - 1}).")
+
+
+def receptive_fields(model: Any, *, input_size: int | tuple[int, int] = 224
+                     ) -> dict[str, ReceptiveField | str | None]:
+    """The receptive field of position (0, 0) of every layer, from one trace.
+
+    Returns:
+        ``{layer name: ReceptiveField}`` for layers whose output is a map of the input (``size``
+        and ``stride`` hold for every position); ``"global"`` for layers whose output depends on
+        the whole input but is not a map (global pooling, Linear); ``None`` where undefined.
+    """
+    module = getattr(model, "module", model)
+    size = _size(input_size)
+    return {name: _box(f, (0, 0), size) if isinstance(f, _Field) else f
+            for name, f in _fields(module, size).items()}
 
 
 def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, int],
@@ -158,10 +347,7 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
         raise ConfigError(f"layer '{name}' has no spatial receptive field (its output is not "
                           "feature maps (N, C, H, W)).")
     y0, x0 = position
-    if not (0 <= y0 < out.shape[2] and 0 <= x0 < out.shape[3]):
-        raise ConfigError(f"position {tuple(position)} is outside the {out.shape[2]} x "
-                          f"{out.shape[3]} map of '{name}' (y in 0..{out.shape[2] - 1}, x in "
-                          f"0..{out.shape[3] - 1}).")
+    _check_position(position, tuple(out.shape[2:]), name)
     value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
     grad = torch.autograd.grad(value, x)[0][0].abs().sum(0)
     rows = torch.nonzero(grad.sum(1)).flatten()
