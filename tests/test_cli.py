@@ -486,3 +486,19 @@ def test_layers_table_marks_global_context(capsys):
     out = run_ok(["layers", "mobilenet_v3_small", "--pattern", "^features.[01]$"], capsys)
     assert _row(out, "features.0")[-1] == "3" and _row(out, "features.1")[-1] == "7*"
     assert "squeeze-and-excitation" in out
+
+
+def test_explain_draws_the_figure_for_the_engine_and_a_network(photo, tmp_path, capsys):
+    target = tmp_path / "explain.png"
+    out = run_ok(["explain", str(photo), "--filters", "sobel", "--at", "0,3,5", "--out",
+                  str(target)], capsys)
+    assert f"wrote {target}" in out and target.read_bytes()[:4] == b"\x89PNG"
+    line = run_error(["explain", str(photo), "--filters", "sobel", "--at", "0,3,5", "--out",
+                      str(target)], capsys)
+    assert "exists" in line and "--overwrite" in line
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["explain", str(scene), "--layer", "backbone.block3.conv1", "--at", "5,4,4",
+                  "--out", str(target), "--overwrite"], capsys)
+    assert "the 8 that contribute most" in out
+    with Image.open(target) as im:
+        assert im.size[0] > 400 and im.size[1] > 600

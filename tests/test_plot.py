@@ -139,3 +139,46 @@ def test_layer_without_maps_is_refused():
     fm = extract(net, torch.randn(1, 3, 8, 8), layers=["1"])
     with pytest.raises(ConfigError, match="not feature maps"):
         plot_layer(fm, "1")
+
+
+def _explanation(channels: int, seed: int = 0):
+    from featuremap.conv import explain
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((channels, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((2, channels, 3, 3)).astype(np.float32)
+    return explain(x, w, np.array([0.5, -0.25], np.float32), at=(1, 0, 4), padding=1)
+
+
+def test_explanation_figure_rows_numbers_and_title():
+    from featuremap.plot import plot_explanation
+
+    e = _explanation(2)
+    fig = plot_explanation(e)
+    grids = [ax for ax in fig.axes if ax.images]
+    assert len(grids) == 2 * 3  # patch, kernel, products per input channel
+    assert [ax.get_title() for ax in grids if ax.get_title()] == ["input patch", "kernel",
+                                                                   "products"]
+    labels = [ax.get_ylabel() for ax in grids if ax.get_ylabel()]
+    assert labels[0].startswith("channel 0\nsum ") and labels[1].startswith("channel 1")
+    products = [t for ax in grids for t in ax.texts if ax.get_title() == "products"]
+    first = np.array([float(t.get_text()) for t in products[:9]]).reshape(3, 3)
+    np.testing.assert_allclose(first, e.products[0], rtol=0.06, atol=0.006)  # 2 digits shown
+    assert f"= {e.value:.5g}" in fig._suptitle.get_text() and "hatched: padding" in \
+        fig._suptitle.get_text()
+
+
+def test_explanation_figure_many_channels_shows_top_contributors_and_bars():
+    from featuremap.plot import plot_explanation
+
+    e = _explanation(12, seed=3)
+    fig = plot_explanation(e, max_channels=4)
+    sums = e.contributions()
+    top = np.argsort(-np.abs(sums), kind="stable")[:4]
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.images and ax.get_ylabel()]
+    assert [int(label.split("\n")[0].split()[1]) for label in labels] == [int(k) for k in top]
+    bars = next(ax for ax in fig.axes if ax.patches and not ax.images)
+    heights = [p.get_height() for p in bars.patches]
+    np.testing.assert_allclose(heights, sums[np.argsort(-np.abs(sums), kind="stable")],
+                               rtol=1e-6)
+    assert "the other 8 channels" in fig._suptitle.get_text()

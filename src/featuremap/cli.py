@@ -177,7 +177,7 @@ def shape(
 @app.command(epilog="Examples:\n\n  featuremap explain sample:camera --filters sobel --at 0,100,120"
              "\n\n  featuremap explain photo.png -f laplacian --at 0,0,0 --padding 1"
              " --padding-mode reflect\n\n  featuremap explain docs/scene.png --model shapes "
-             "--layer backbone.block2.conv1 --at 3,10,12")
+             "--layer backbone.block2.conv1 --at 3,10,12 --out explain.png")
 def explain(
     image: Image,
     at: Annotated[str, typer.Option(help="Which value: MAP,Y,X (map index, row, column).")],
@@ -195,21 +195,30 @@ def explain(
         "(--at is then CHANNEL,Y,X of that layer's output).")] = None,
     model: ModelOpt = "shapes",
     weights: WeightsOpt = "DEFAULT",
+    out: Annotated[Path | None, typer.Option(
+        help="Also draw patch, kernel and products per input channel to this PNG.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Show the patch x kernel products whose sum is one value of a feature map."""
+    target = _target(out, "", overwrite) if out is not None else None
     if layer is not None:
         from featuremap.value import explain as explain_network
 
         loaded = _load(model, weights)
-        typer.echo(str(explain_network(loaded, image, layer=layer, at=_ints(at, "at", (3,)))))
-        return
-    from featuremap.toy import explain_value
+        e = explain_network(loaded, image, layer=layer, at=_ints(at, "at", (3,)))
+    else:
+        from featuremap.toy import explain_value
 
-    e = explain_value(image, filters, at=_ints(at, "at", (3,)), stride=_pair_opt(stride, "stride"),
-                      padding=_padding_opt(padding), dilation=_pair_opt(dilation, "dilation"),
-                      padding_mode=padding_mode, channels=channels, seed=seed,
-                      short_side=short_side, max_pixels=max_pixels)
+        e = explain_value(image, filters, at=_ints(at, "at", (3,)),
+                          stride=_pair_opt(stride, "stride"), padding=_padding_opt(padding),
+                          dilation=_pair_opt(dilation, "dilation"), padding_mode=padding_mode,
+                          channels=channels, seed=seed, short_side=short_side,
+                          max_pixels=max_pixels)
     typer.echo(str(e))
+    if target is not None:
+        from featuremap.plot import plot_explanation, save_figure
+
+        typer.echo(f"wrote {save_figure(plot_explanation(e), target)}")
 
 
 def _print_listing(title: str, columns: tuple[str, str], rows) -> None:

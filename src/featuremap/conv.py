@@ -288,6 +288,17 @@ class Explanation:
     def __str__(self) -> str:
         return format_explanation(self)
 
+    def contributions(self) -> np.ndarray:
+        """``(C_g,)`` float64: the sum of products of each input channel."""
+        return self.products.reshape(len(self.channels), -1).sum(1, dtype=np.float64)
+
+    def top_channels(self, count: int) -> list[int]:
+        """Indices into ``channels``: all in order when there are at most ``count``, else the
+        ``count`` with the largest absolute contribution, largest first."""
+        if len(self.channels) <= count:
+            return list(range(len(self.channels)))
+        return [int(k) for k in np.argsort(-np.abs(self.contributions()), kind="stable")[:count]]
+
 
 def explain(
     input: np.ndarray,
@@ -401,10 +412,9 @@ def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
     width = max(7, max(len(f"[{v:.3g}]") for v in np.concatenate(
         [e.patch.ravel(), e.kernel.ravel(), e.products.ravel()])) + 1)
     body = []
-    sums = e.products.reshape(len(e.channels), -1).sum(1, dtype=np.float64)
-    order = list(range(len(e.channels)))
-    if len(order) > max_channels:
-        order = [int(k) for k in np.argsort(-np.abs(sums), kind="stable")[:max_channels]]
+    sums = e.contributions()
+    order = e.top_channels(max_channels)
+    if len(e.channels) > max_channels:
         body.append(f"\n{len(e.channels)} input channels; the {max_channels} that contribute "
                     "most are shown")
     for k in order:

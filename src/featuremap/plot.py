@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Panel",
     "plot_comparison",
+    "plot_explanation",
     "plot_filters",
     "plot_image",
     "plot_layer",
@@ -135,7 +136,7 @@ def _wrap(text: str, fig: Figure, points: float = 10) -> str:
     import textwrap
 
     chars = max(40, int(fig.get_figwidth() * 72 / (points * 0.55)))
-    return textwrap.fill(text, chars)
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 @dataclass(frozen=True)
@@ -590,3 +591,97 @@ def plot_receptive_field(image: np.ndarray, box: tuple[int, int, int, int], erf:
     bar.set_label("|d value / d input| (effective field)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig
+
+
+# --------------------------------------------------------------------- one value explained
+def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
+               annotate: bool) -> object:
+    """One small heatmap of an explanation: every number written in its cell when it fits."""
+    from matplotlib.patches import Rectangle
+
+    shown = ax.imshow(values, cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax,
+                      interpolation="nearest")
+    kh, kw = values.shape
+    if padded is not None:
+        for r, c in zip(*np.nonzero(padded)):
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
+                                   edgecolor="#888888", lw=0))
+    if annotate:
+        size = 7 if max(kh, kw) <= 3 else 6 if max(kh, kw) <= 5 else 5
+        span = (scale.vmax - scale.vmin) or 1.0
+        for r in range(kh):
+            for c in range(kw):
+                v = float(values[r, c])
+                level = (v - scale.vmin) / span
+                dark = level > 0.75 or level < 0.25 if scale.cmap == DIVERGING else level < 0.5
+                ax.text(c, r, f"{v + 0.0:.2g}", ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return shown
+
+
+def plot_explanation(e, *, max_channels: int = 6, title: str = "") -> Figure:
+    """Patch x kernel = products of one value, one row per input channel (see
+    :func:`featuremap.conv.explain` and :func:`featuremap.explain`).
+
+    With more than ``max_channels`` input channels, the channels that contribute most come first
+    and a bar chart shows every channel's contribution. Each column (patch, kernel, products)
+    shares one colour scale across rows, drawn under it; padding cells are hatched.
+    """
+    order = e.top_channels(max_channels)
+    sums = e.contributions()
+    kh, kw = e.kernel.shape[1:]
+    annotate = max(kh, kw) <= 7
+    cell = min(3.0, max(1.2, 0.3 * max(kh, kw)))
+    many = len(e.channels) > max_channels
+    rows = len(order) + (1 if many else 0)
+    fig = _figure(3 * cell + 2.6, len(order) * cell + (1.8 if many else 0) + 1.5,
+                  layout="constrained")
+    grid = fig.add_gridspec(rows, 3, height_ratios=([1.4] if many else []) + [1] * len(order))
+    parts = [("input patch", e.patch[order]), ("kernel", e.kernel[order]),
+             ("products", e.products[order])]
+    scales = [Scale.of(values) for _, values in parts]
+    if many:
+        _contribution_bars(fig.add_subplot(grid[0, :]), e, sums, order)
+    for col, ((label, values), scale) in enumerate(zip(parts, scales)):
+        axes = []
+        for row, k in enumerate(order):
+            ax = fig.add_subplot(grid[row + (1 if many else 0), col])
+            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, annotate)
+            axes.append(ax)
+            if row == 0:
+                ax.set_title(label, fontsize=9)
+            if col == 0:
+                ch = e.channels[k]
+                name = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
+                ax.set_ylabel(f"{name}\nsum {sums[k]:.4g}", fontsize=8)
+        bar = fig.colorbar(shown, ax=axes, location="bottom", fraction=0.05, pad=0.02,
+                           shrink=0.9)
+        bar.ax.tick_params(labelsize=6)
+    d, y, x = e.at
+    rest = [k for k in range(len(e.channels)) if k not in order]
+    tail = f"; the other {len(rest)} channels {sums[rest].sum():.4g}" if rest else ""
+    name = f" ({e.map_name})" if e.map_name else ""
+    head = title or f"map {d}{name} at row {y}, col {x}"
+    fig.suptitle(_wrap(f"{head}\nsum of products {e.products.sum(dtype=np.float64):.5g}{tail} "
+                       f"+ bias {e.bias:.4g} = {e.value:.5g}"
+                       + ("   (hatched: padding)" if e.padded.any() else ""), fig, 9),
+                 fontsize=9)
+    return fig
+
+
+def _contribution_bars(ax, e, sums: np.ndarray, order: list[int]) -> None:
+    """Every input channel's contribution, largest absolute first; the drawn ones in colour."""
+    ranked = np.argsort(-np.abs(sums), kind="stable")
+    colours = ["#c0392b" if sums[k] > 0 else "#2e6fb7" for k in ranked]
+    alphas = [1.0 if k in order else 0.35 for k in ranked]
+    for i, (k, colour, alpha) in enumerate(zip(ranked, colours, alphas)):
+        ax.bar(i, sums[k], color=colour, alpha=alpha, width=0.9 if len(sums) < 80 else 1.0)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlim(-0.6, len(sums) - 0.4)
+    ax.set_xticks([])
+    ax.set_xlabel(f"all {len(e.channels)} input channels, largest |contribution| first (the "
+                  f"{len(order)} drawn below in full colour)", fontsize=7)
+    ax.set_ylabel("sum of products", fontsize=7)
+    ax.tick_params(labelsize=6)
