@@ -97,7 +97,8 @@ def test_demo_writes_self_contained_html(tmp_path, capsys):
     assert text.count("data:image/png;base64,") >= 5
     assert "src=\"http" not in text and "href=\"http" not in text
     for words in ("stride 4", "depth 16", "sum of products", "Object recognition",
-                  "Image segmentation", "low to high"):
+                  "Image segmentation", "low to high", "Receptive fields",
+                  "52 + (3 - 1) x 1 x 8 = 68", "whole image"):
         assert words in text
 
 

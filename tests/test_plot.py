@@ -182,3 +182,21 @@ def test_explanation_figure_many_channels_shows_top_contributors_and_bars():
     np.testing.assert_allclose(heights, sums[np.argsort(-np.abs(sums), kind="stable")],
                                rtol=1e-6)
     assert "the other 8 channels" in fig._suptitle.get_text()
+
+
+def test_receptive_fields_side_by_side_share_a_normalised_scale(rng):
+    from featuremap.plot import plot_receptive_fields
+
+    image = rng.random((3, 40, 60))
+    erfs = [rng.random((40, 60)) * scale for scale in (1.0, 50.0)]
+    fig = plot_receptive_fields(image, [("a", (0, 0, 3, 3), erfs[0]),
+                                        ("b", (5, 5, 30, 40), erfs[1])], title="growth")
+    panels = [ax for ax in fig.axes if len(ax.images) == 2]
+    assert [ax.get_title() for ax in panels] == ["a", "b"]
+    for ax in panels:  # each effective field divided by its own maximum: 0..1
+        heat = ax.images[1].get_array()
+        assert heat.max() == pytest.approx(1.0) and ax.images[1].get_clim() == (0.0, 1.0)
+    box = panels[1].patches[0]
+    assert (box.get_width(), box.get_height()) == (35, 25)
+    with pytest.raises(ConfigError, match="at least one panel"):
+        plot_receptive_fields(image, [])

@@ -331,6 +331,7 @@ def layers(
     from rich.table import Table
 
     from featuremap.layers import format_geometry, list_layers
+    from featuremap.receptive import format_field
 
     loaded = _load(model, weights, quiet=True)
     size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
@@ -343,7 +344,7 @@ def layers(
         table.add_column(col, justify="left" if col in ("name", "type") else "right",
                          no_wrap=True)
     for i in infos:
-        stride, field = _field_text(fields.get(i.name), i.cumulative_stride)
+        stride, field = format_field(fields.get(i.name), i.cumulative_stride)
         table.add_row("  " * (i.depth - 1) + i.name, i.type, _shape_text(i.output_shape),
                       f"{i.params:,}", *(format_geometry(v) for v in (
                           i.kernel_size, i.stride, i.padding, i.dilation)), stride, field)
@@ -363,18 +364,6 @@ def _fields_or_note(loaded, size) -> dict:
     except FeaturemapError as err:
         typer.echo(f"note: no receptive fields: {err}", err=True)
         return {}
-
-
-def _field_text(field, cumulative) -> tuple[str, str]:
-    """(total stride, receptive field) cells: '8', '91' ('91*' with global context, 'whole
-    image' after global pooling); the stride falls back to the shape ratio."""
-    if field == "global":
-        return "", "whole image"
-    if field is None:
-        return (f"{cumulative:g}" if cumulative else ""), ""
-    stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
-    size = "x".join(dict.fromkeys(str(s) for s in field.size))
-    return stride, size + ("*" if field.global_context else "")
 
 
 def _input_size(loaded) -> int:

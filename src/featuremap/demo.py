@@ -86,6 +86,74 @@ def _explain(report: Report, image, short_side: int, maps) -> None:
                    f"The value of the sobel_x map at row {at[1]}, column {at[2]}: the input "
                    "patch times the kernel, element by element, summed.")
     report.code(str(e))
+    report.figure(plot.plot_explanation(e), "The same arithmetic drawn: the patch (hatched cells "
+                  "lie in the padding), the kernel, and their products, whose sum is the value.")
+
+
+RF_LAYERS = (("early", "backbone.block1.conv1"), ("middle", "backbone.block2"),
+             ("late", "backbone.block4"))
+
+
+def _receptive(report: Report, image, *, photo_size: int) -> None:
+    """One value in an early, a middle and a late layer, and how its input region grows."""
+    import dataclasses
+
+    from featuremap.extraction import prepare_images
+    from featuremap.layers import list_layers
+    from featuremap.receptive import empirical_receptive_field, receptive_field, receptive_fields
+    from featuremap.zoo import load_model
+
+    model = load_model("shapes")
+    model = dataclasses.replace(model, preprocess=dataclasses.replace(
+        model.preprocess, resize=photo_size, crop=photo_size))
+    batch, raw, _ = prepare_images(image, model.preprocess)
+    size = tuple(batch.shape[2:])
+    fields = receptive_fields(model, input_size=size)
+    infos = {i.name: i for i in list_layers(model.module, input_size=size)}
+    report.section(
+        "Receptive fields: the region behind one value",
+        "A value of an early map depends on a few pixels; every convolution and pool on the way "
+        "adds (kernel - 1) x dilation x the stride so far, so a value of a late map depends on a "
+        "large region: that is why early maps show edges and late maps show shapes. Below, the "
+        "value nearest the photo's centre in three layers of the bundled network: the box is "
+        "the analytic field (every pixel the value can depend on), the heat is the effective "
+        "field (how strongly the value changes with each pixel, from its gradient).")
+    panels = []
+    for stage, name in RF_LAYERS:
+        f, (_, h, w) = fields[name], infos[name].output_shape
+        at = tuple(min(max(round((c / 2 - (lo + hi) / 2) / j), 0), n - 1) for c, (j, lo, hi), n
+                   in zip(size, ((f.stride[0], f.offset[0], f.offset[0] + f.size[0] - 1),
+                                 (f.stride[1], f.offset[1], f.offset[1] + f.size[1] - 1)), (h, w)))
+        field = receptive_field(model, name, position=at, input_size=size)
+        _, erf = empirical_receptive_field(model, name, position=at, input_size=size,
+                                           image=batch[:1])
+        panels.append((f"{stage}: {name} at {at}\nfield {field.size[0]} px, stride "
+                       f"{field.stride[0]:g}", field.box, erf))
+    report.figure(plot.plot_receptive_fields(raw[0], panels, title=(
+        f"One value in three layers, the photo at {size[0]} x {size[1]}")),
+        "Analytic box (cyan) and effective field (heat) of one value per layer. The heat "
+        "gathers in the middle of the box: central pixels reach the value along many more "
+        "paths than those at the edge.")
+    report.table(["layer", "kernel", "stride", "total stride before", "field", "arithmetic"],
+                 _growth_rows(infos, fields),
+                 "How the field grows through the backbone: field = previous field + "
+                 "(kernel - 1) x dilation x the total stride before the layer.")
+
+
+def _growth_rows(infos, fields) -> list[tuple]:
+    from featuremap.layers import format_geometry
+
+    rows, size, jump = [], 1, 1.0
+    for name, info in infos.items():
+        field = fields.get(name)
+        if not name.startswith("backbone") or info.kernel_size is None or field is None:
+            continue
+        k, d = info.kernel_size[0], (info.dilation or (1,))[0]
+        rows.append((name, format_geometry(info.kernel_size), format_geometry(info.stride),
+                     f"{jump:g}", field.size[0],
+                     f"{size} + ({k} - 1) x {d} x {jump:g} = {size + (k - 1) * d * jump:g}"))
+        size, jump = field.size[0], field.stride[0]
+    return rows
 
 
 def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
@@ -96,6 +164,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
 
     from featuremap.extraction import extract, overview_layers
     from featuremap.layers import format_geometry, list_layers
+    from featuremap.receptive import format_field, receptive_fields
     from featuremap.shapes import CLASSES, make_scene
     from featuremap.zoo import load_model
 
@@ -125,15 +194,18 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
     report.figure(plot.plot_filters(weight, title=f"{first}:"),
                   "The learned filters of the first convolution.")
     infos = list_layers(model.module, input_size=size, leaves_only=True)
+    fields = receptive_fields(model, input_size=size)
     report.subsection(f"The shape of every layer (input 3 x {size} x {size})")
     g = format_geometry
     rows = [(i.name, i.type, i.output_shape or "-", f"{i.params:,}", g(i.kernel_size),
-             g(i.stride), g(i.padding),
-             f"{i.cumulative_stride:g}" if i.cumulative_stride else "") for i in infos]
+             g(i.stride), g(i.padding), *format_field(fields.get(i.name), i.cumulative_stride))
+            for i in infos]
     report.table(["layer", "type", "output shape", "params", "kernel", "stride", "padding",
-                  "total stride"], rows,
+                  "total stride", "receptive field"], rows,
                  "Output shapes from one forward pass (recognition). '-': the layer runs only "
-                 "in segment(), the segmentation head.")
+                 "in segment(), the segmentation head. Total stride: input pixels between "
+                 "neighbouring values; receptive field: the input pixels one value can depend "
+                 "on (see the next section).")
 
 
 def _uses(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
@@ -203,6 +275,8 @@ def build_demo(
     _explain(report, image, short_side, maps)
     say("the bundled network")
     _network(report, image, scene_seed=scene_seed, photo_size=photo_size)
+    say("receptive fields")
+    _receptive(report, image, photo_size=photo_size)
     say("recognition and segmentation")
     _uses(report, image, scene_seed=scene_seed, photo_size=photo_size)
     report.text(f"Built in {time.perf_counter() - start:.1f} s.")

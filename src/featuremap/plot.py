@@ -35,6 +35,7 @@ __all__ = [
     "plot_overlay",
     "plot_overview",
     "plot_receptive_field",
+    "plot_receptive_fields",
     "plot_segmentation",
     "save_figure",
     "select_channels",
@@ -572,13 +573,22 @@ def plot_receptive_field(image: np.ndarray, box: tuple[int, int, int, int], erf:
                          title: str = "", inches: float = 4.5) -> Figure:
     """The analytic receptive field (a rectangle) and the effective one (gradient magnitude as a
     heatmap) of one value, over the image ``(3, H, W)`` in [0, 1]."""
-    from matplotlib.patches import Rectangle
-
     rgb = np.clip(np.moveaxis(np.asarray(image, np.float32), 0, -1), 0, 1)
     fig = _figure(inches + 0.9, inches * rgb.shape[0] / rgb.shape[1] + 0.6, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
+    shown = _rf_axes(ax, rgb, box, erf, title)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("|d value / d input| (effective field)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def _rf_axes(ax, rgb: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarray, title: str,
+             vmax: float | None = None):
+    from matplotlib.patches import Rectangle
+
     ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
-    shown = ax.imshow(np.asarray(erf, np.float32), cmap="inferno", alpha=0.6)
+    shown = ax.imshow(np.asarray(erf, np.float32), cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
     y0, x0, y1, x1 = box
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.8,
                            edgecolor="#00d0ff", label=f"analytic field {y1 - y0} x {x1 - x0}"))
@@ -587,9 +597,32 @@ def plot_receptive_field(image: np.ndarray, box: tuple[int, int, int, int], erf:
     ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label("|d value / d input| (effective field)", fontsize=8)
+    return shown
+
+
+def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, np.ndarray]], *,
+                          title: str = "", inches: float = 3.2) -> Figure:
+    """Several receptive fields side by side over one image: ``panels`` holds ``(label, box,
+    effective field)`` each, e.g. one value of an early, a middle and a late layer.
+
+    Each effective field is divided by its own maximum (the colour bar reads 0 to 1), so the
+    growth of the region is seen rather than the size of the gradients.
+    """
+    rgb = np.clip(np.moveaxis(np.asarray(image, np.float32), 0, -1), 0, 1)
+    n = len(panels)
+    if n == 0:
+        raise ConfigError("plot_receptive_fields needs at least one panel.")
+    fig = _figure(inches * n + 0.8, inches * rgb.shape[0] / rgb.shape[1] + 0.9,
+                  layout="constrained")
+    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    for ax, (label, box, erf) in zip(axes, panels):
+        e = np.asarray(erf, np.float32)
+        shown = _rf_axes(ax, rgb, box, e / (float(e.max()) or 1.0), label, vmax=1.0)
+    bar = fig.colorbar(shown, ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label("|d value / d input|, each panel / its maximum", fontsize=8)
     bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(_wrap(title, fig, 10), fontsize=10)
     return fig
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from featuremap.errors import ConfigError
 from featuremap.layers import resolve_layers
 
-__all__ = ["ReceptiveField", "empirical_receptive_field", "receptive_field", "receptive_fields"]
+__all__ = ["ReceptiveField", "empirical_receptive_field", "format_field",
+           "receptive_field", "receptive_fields"]
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -306,6 +307,21 @@ def _check_position(position: Any, sizes: tuple[int, int], name: str) -> None:
     if not (0 <= y < sizes[0] and 0 <= x < sizes[1]):
         raise ConfigError(f"position {tuple(position)} is outside the {sizes[0]} x {sizes[1]} "
                           f"map of '{name}' (y in 0..{sizes[0] - 1}, x in 0..{sizes[1] - 1}).")
+
+
+def format_field(field: ReceptiveField | str | None, cumulative: float | None = None
+                 ) -> tuple[str, str]:
+    """Table cells ``(total stride, receptive field)`` for one entry of
+    :func:`receptive_fields`: ``('8', '91')``, ``'91*'`` with global context, ``('', 'whole
+    image')`` after global pooling; without a field the stride falls back to ``cumulative``
+    (the input / output size ratio of :class:`featuremap.layers.LayerInfo`)."""
+    if field == GLOBAL:
+        return "", "whole image"
+    if not isinstance(field, ReceptiveField):
+        return (f"{cumulative:g}" if cumulative else ""), ""
+    stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
+    size = "x".join(dict.fromkeys(str(s) for s in field.size))
+    return stride, size + ("*" if field.global_context else "")
 
 
 def receptive_fields(model: Any, *, input_size: int | tuple[int, int] = 224
