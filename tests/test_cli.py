@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from featuremap.cli import main
+from featuremap.errors import ConfigError
 
 
 def run(argv, capsys):
@@ -454,6 +455,15 @@ def test_explain_a_network_value(capsys):
     line = run_error(["explain", str(scene), "--layer", "backbone.block1.relu1", "--at",
                       "0,0,0"], capsys)
     assert "is not a Conv2d" in line
+    line = run_error(["explain", str(scene), "--layer", "backbone.block2.conv1", "--at",
+                      "3,40,0"], capsys)
+    assert "outside the output of shape (32, 32, 32)" in line
+
+
+def test_rf_unknown_layer_did_you_mean(capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    line = run_error(["rf", str(scene), "--layer", "backbone.blok2", "--at", "1,1"], capsys)
+    assert "Did you mean 'backbone.block2'" in line and "featuremap layers shapes" in line
 
 
 def test_rf_command_box_heatmap_and_bad_inputs(tmp_path, capsys):
@@ -503,3 +513,26 @@ def test_explain_draws_the_figure_for_the_engine_and_a_network(photo, tmp_path, 
     assert "the 8 that contribute most" in out
     with Image.open(target) as im:
         assert im.size[0] > 400 and im.size[1] > 600
+
+
+def test_rf_without_a_trace_falls_back_to_the_gradient(tmp_path, capsys, monkeypatch):
+    import featuremap.receptive as receptive
+
+    def untraceable(*_args, **_kwargs):
+        raise ConfigError("ShapesNet cannot be traced for an analytic receptive field "
+                          "(TraceError); use empirical_receptive_field.")
+
+    monkeypatch.setattr(receptive, "receptive_field", untraceable)
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    code, out, err = run(["rf", str(scene), "--layer", "backbone.block2", "--at", "8,8",
+                          "--out", str(tmp_path / "rf.png")], capsys)
+    assert code == 0 and "analytic box" not in out
+    assert "gradient support box (26, 26, 42, 42)" in out and "note: no analytic field" in err
+    assert (tmp_path / "rf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rf_says_when_a_value_has_global_context(tmp_path, capsys):
+    out = run_ok(["rf", "sample:chelsea", "-m", "mobilenet_v3_small", "--weights", "random",
+                  "--layer", "features.2", "--at", "3,3", "--out", str(tmp_path / "rf.png")],
+                 capsys)
+    assert "global context" in out and "gradient support box (0, 0, 224, 224)" in out

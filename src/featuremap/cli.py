@@ -496,20 +496,35 @@ def rf(
     from featuremap.receptive import empirical_receptive_field, receptive_field
 
     y, x = _ints(at, "at", (2,))
+    target = _target(out, "rf.png", overwrite)
     loaded = _load(model, weights)
     batch, raw, _ = prepare_images(image, loaded.preprocess)
     size = tuple(batch.shape[2:])
     support, erf = empirical_receptive_field(loaded, layer, position=(y, x), input_size=size,
                                              image=batch[:1])  # also checks the position
-    field = receptive_field(loaded, layer, position=(y, x), input_size=size)
-    fig = plot_receptive_field(raw[0], field.box, erf, title=(
-        f"{loaded.name} {layer} at ({y}, {x}): stride {field.stride[0]:g}, field "
-        f"{field.size[0]} x {field.size[1]} px"))
-    target = save_figure(fig, _target(out, "rf.png", overwrite))
+    try:
+        field = receptive_field(loaded, layer, position=(y, x), input_size=size)
+    except ConfigError as err:
+        if "cannot be traced" not in str(err):
+            raise
+        typer.echo(f"note: no analytic field ({err}); the box drawn is the gradient's support",
+                   err=True)
+        field = None
+    shown = field or support
+    words = f"stride {field.stride[0]:g}, field" if field else "gradient support"
+    extra = " + global context" if field and field.global_context else ""
+    fig = plot_receptive_field(raw[0], shown.box, erf, title=(
+        f"{loaded.name} {layer} at ({y}, {x}): {words} {shown.size[0]} x {shown.size[1]} px"
+        f"{extra}"))
+    save_figure(fig, target)
     typer.echo(f"{loaded.name} {layer} at (y, x) = ({y}, {x}), input {size[0]} x {size[1]}")
-    typer.echo(f"analytic box (y0, x0, y1, x1) {field.box}, clipped {field.clipped_box}, size "
-               f"{field.size[0]} x {field.size[1]}, stride {field.stride[0]:g}, offset "
-               f"{field.offset[0]:g}")
+    if field is not None:
+        typer.echo(f"analytic box (y0, x0, y1, x1) {field.box}, clipped {field.clipped_box}, "
+                   f"size {field.size[0]} x {field.size[1]}, stride {field.stride[0]:g}, offset "
+                   f"{field.offset[0]:g}")
+        if field.global_context:
+            typer.echo("global context: a global pooling on the way (squeeze-and-excitation) "
+                       "or a GroupNorm lets every pixel in; the box is the convolution path's")
     typer.echo(f"gradient support box {support.box}")
     typer.echo(f"wrote {target}")
 

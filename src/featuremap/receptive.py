@@ -348,7 +348,7 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
         ``(ReceptiveField of the support's bounding box, effective RF (H, W) numpy array)``.
     """
     module = getattr(model, "module", model)
-    name = resolve_layers(module, [layer])[0]
+    name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     x = (image if image is not None else torch.randn(1, 3, h, w)).clone().requires_grad_(True)
     seen: dict[str, torch.Tensor] = {}
