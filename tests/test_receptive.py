@@ -177,3 +177,41 @@ def test_untraceable_model_points_to_the_empirical_form():
     empirical, _ = empirical_receptive_field(_Branchy(), "conv", position=(4, 4), input_size=16,
                                              image=torch.rand(1, 3, 16, 16) + 0.1)
     assert empirical.size == (3, 3)
+
+
+def test_tensorflow_same_padding_and_static_pads_are_placed_exactly():
+    """timm's Conv2dSame/AvgPool2dSame pad in forward() (torch.fx falls back to timm's leaves);
+    F.pad shifts the map: the box must still be the gradient's support."""
+    from timm.layers import AvgPool2dSame, Conv2dSame
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Conv2dSame(3, 2, 4, stride=2)
+            self.b = AvgPool2dSame(3, stride=2)
+            self.c = nn.Conv2d(2, 2, 3)
+
+        def forward(self, x):
+            return self.c(F.pad(self.b(self.a(x)), (1, 2, 3, 0)))
+
+    net = Net()
+    for p in net.parameters():
+        nn.init.uniform_(p, 0.1, 1.0)
+    for size in (37, 40):
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, size, size))
+        for pos in ((3, 4), (out.shape[2] // 2, out.shape[3] // 2)):
+            analytic = receptive_field(net, "c", position=pos, input_size=size)
+            empirical, _ = empirical_receptive_field(net, "c", position=pos, input_size=size,
+                                                     image=torch.rand(1, 3, size, size) + 0.1)
+            assert analytic.clipped_box == empirical.box, (size, pos)
+
+
+def test_timm_tensorflow_ported_model_is_traced_with_its_leaves():
+    import timm
+
+    fields = receptive_fields(timm.create_model("tf_mobilenetv3_small_100"), input_size=224)
+    stem = fields["conv_stem"]  # Conv2dSame 3x3 stride 2: 'SAME' pads 0 before, 1 after
+    assert stem.size == (3, 3) and stem.stride == (2.0, 2.0) and stem.offset == (0.0, 0.0)
+    assert fields["blocks.5"].stride == (32.0, 32.0) and fields["blocks.5"].global_context
+    assert fields["classifier"] == "global"

@@ -1,12 +1,24 @@
 """Receptive fields: which input pixels a value of a layer can depend on.
 
-Analytic: the network is traced (torch.fx) and every node gets, per axis, the affine map from an
+Analytic: the network is traced (torch.fx; for timm models that plain tracing cannot follow,
+with timm's own leaf modules) and one shape pass on zeros gives every node's output shape. Each
+node whose output is a map of the input then carries, per spatial axis, the affine map from an
 output index ``p`` to the input interval ``[p * jump + lo, p * jump + hi]`` (inclusive) that it
-can see. Convolutions and pools grow it by their kernel, stride, padding and dilation; nodes with
-several spatial inputs (skip connections ``x + f(x)``, concatenations) take the union of their
-inputs' intervals; elementwise and normalisation nodes keep it. Empirical: the support of the
-gradient of that one value with respect to the input, and the gradient magnitude as the
-effective receptive field.
+can see, and which tensor dims hold y and x:
+
+- convolutions and fixed pools (modules, subclasses and functional calls) grow it by their
+  kernel, stride, padding and dilation; padding done inside ``forward()`` (TensorFlow's 'SAME')
+  is read from the shapes, ``F.pad`` shifts the map;
+- nodes with several map inputs (skip connections ``x + f(x)``, concatenations) take the union;
+- pointwise nodes (activations, batch norm, channels-last Linear layers) keep it; permutes and
+  reshapes (channel shuffles) move the y and x dims;
+- global pooling, spatial means, flattening and Linear layers on flattened maps give "global":
+  the value depends on the whole input but is no longer a map; a global result multiplied back
+  into the maps (squeeze-and-excitation) or a GroupNorm marks them ``global_context``;
+- anything else that moves positions (upsampling, crops) is left undefined rather than guessed.
+
+Empirical: the support of the gradient of one value with respect to the input, and the gradient
+magnitude as the effective receptive field; it works on any model.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +91,18 @@ def _two(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
 
+_KERNEL_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
 def _op_name(node: Any, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return type(modules[node.target]).__name__
+        module = modules[node.target]
+        if isinstance(module, _KERNEL_MODULES):  # subclasses too (timm's Conv2dSame, ...)
+            return next(c.__name__ for c in _KERNEL_MODULES if isinstance(module, c))
+        if next(module.children(), None) is not None and any(
+                isinstance(m, _KERNEL_MODULES) for m in module.modules()):
+            return "opaque"  # a leaf of the trace with convolutions inside: not followed
+        return type(module).__name__
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return str(node.target)
@@ -113,10 +135,20 @@ def _kernel_geometry(node: Any, name: str, modules: dict[str, nn.Module]) -> tup
         padding = _arg(node, 3, "padding", 0)
         dilation = _arg(node, 4, "dilation", 1) if "max" in name else 1
         stride = stride if stride not in (None, [], ()) else kernel
-    k, d = _two(kernel), _two(dilation)
+    k, s, d = _two(kernel), _two(stride), _two(dilation)
     if isinstance(padding, str):  # 'same' pads d * (k - 1) // 2 before, 'valid' nothing
         padding = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d)) if padding == "same" else 0
-    return k, _two(stride), _two(padding), d
+    p = list(_two(padding))
+    sizes_in, sizes_out = (_shape(node.args[0]) or ())[-2:], (_shape(node) or ())[-2:]
+    ceil = bool(getattr(modules.get(node.target), "ceil_mode", False)) if node.op == \
+        "call_module" else bool(_arg(node, 5, "ceil_mode", False))
+    for i, (n_in, n_out) in enumerate(zip(sizes_in, sizes_out)):
+        span = n_in + 2 * p[i] - d[i] * (k[i] - 1) - 1
+        if (-(-span // s[i]) if ceil else span // s[i]) + 1 != n_out:
+            # padded in forward() (TensorFlow's 'SAME', e.g. timm's Conv2dSame): the extra
+            # cells go half before the map, the odd one after it
+            p[i] = max((n_out - 1) * s[i] + d[i] * (k[i] - 1) + 1 - n_in, 0) // 2
+    return k, s, (p[0], p[1]), d
 
 
 def _grow(axes: tuple[_Axis, _Axis], geometry) -> tuple[_Axis, _Axis]:
@@ -170,6 +202,8 @@ def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> 
             return None
         return _Field(field.dims, out[-2:], _grow(field.axes, _kernel_geometry(
             node, name, modules)), glob)
+    if name == "pad":
+        return _padded(field, node)
     if name in ("permute", "transpose", "swapaxes", "view", "reshape", "flatten", "Flatten",
                 "unflatten"):
         moved = _moved(field, node, name)
@@ -191,6 +225,19 @@ def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> 
     return None  # an op that moves positions in a way not modelled (upsampling, cropping)
 
 
+def _padded(field: _Field, node: Any) -> _Field | None:
+    """F.pad with constant amounts on the last two dims (the spatial ones): the map shifts."""
+    pads = _arg(node, 1, "pad", ())
+    out = _shape(node)
+    if (out is None or field.dims != (len(out) - 2, len(out) - 1) or len(pads) > 4
+            or not all(isinstance(v, int) for v in pads)):
+        return None
+    left, top = (list(pads) + [0, 0, 0, 0])[0], (list(pads) + [0, 0, 0, 0])[2]
+    axes = tuple((j, lo - before * j, hi - before * j)
+                 for (j, lo, hi), before in zip(field.axes, (top, left)))
+    return _Field(field.dims, out[-2:], (axes[0], axes[1]), field.global_context)
+
+
 def _normalises_space(node: Any, modules: dict[str, nn.Module], field: _Field) -> bool:
     """True when a layer norm's normalised (last) dims include a spatial dim."""
     if node.op == "call_module":
@@ -203,14 +250,38 @@ def _normalises_space(node: Any, modules: dict[str, nn.Module], field: _Field) -
     return max(field.dims) >= rank - count
 
 
-def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
+def _symbolic_trace(model: nn.Module) -> Any:
+    """torch.fx's trace; where it fails and timm is in use, again keeping as leaves what timm
+    marks as not traceable (its padded-in-forward convolutions and pools, attention blocks)."""
     import torch.fx
+
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001
+        if "timm" not in sys.modules:
+            raise
+    try:
+        from timm.layers._fx import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - another timm layout
+        raise RuntimeError("timm's tracing helpers are missing") from None
+    leaves, functions = set(get_notrace_modules()), tuple(get_notrace_functions())
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return type(m) in leaves or super().is_leaf_module(m, qualname)
+
+    tracer = Tracer(autowrap_functions=functions)
+    graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     from torch.fx.passes.shape_prop import ShapeProp
 
     from featuremap.layers import _eval_no_grad, _in_channels, _zeros
 
     try:
-        graph = torch.fx.symbolic_trace(model)
+        graph = _symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means the same to the user
         raise ConfigError(f"{type(model).__name__} cannot be traced for an analytic receptive "
                           f"field ({type(err).__name__}); use empirical_receptive_field.") from None
@@ -248,6 +319,9 @@ def _fields(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> dict[
         state[node] = _step(node, name, [s for s in inputs if s != "const"], modules)
         if node.op == "call_module":  # a reused module: its first call, as extract() keeps
             by_module.setdefault(node.target, state[node])
+            if name != "opaque":  # a leaf of the trace without kernels: its parts are pointwise
+                for inner, _ in modules[node.target].named_modules(prefix=node.target):
+                    by_module.setdefault(inner, state[node])
         for entry in (node.meta.get("nn_module_stack") or {}).values():
             path = entry[0] if isinstance(entry, tuple) else str(entry)
             if path and path != node.target:  # a container ends with its last node
