@@ -66,12 +66,18 @@ class ReceptiveField:
 _Axis = tuple[float, float, float]  # jump, lo, hi (input pixels, inclusive)
 GLOBAL = "global"  # depends on every input pixel, but is no longer a map (global pooling, Linear)
 
-# ops that are not pointwise in space but reduce over it: their output depends on every position
+# ops whose output, where the map's dims are gone or of size 1, pooled over every position
 _REDUCERS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
              "adaptive_avg_pool2d", "adaptive_max_pool2d", "AdaptiveAvgPool2d",
-             "AdaptiveMaxPool2d", "flatten", "view", "reshape", "Flatten"}
+             "AdaptiveMaxPool2d"}
 # same shape out as in, yet every value depends on every position of its channel (group)
 _SPATIAL_NORMS = ("GroupNorm", "InstanceNorm", "group_norm", "instance_norm")
+# same shape out as in, but positions move: not modelled
+_MOVERS = {"flip", "fliplr", "flipud", "roll", "rot90", "grid_sample", "interpolate",
+           "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "pixel_shuffle",
+           "pixel_unshuffle", "PixelShuffle", "PixelUnshuffle", "opaque"}
+_RESHAPES = {"permute", "transpose", "swapaxes", "view", "reshape", "flatten", "Flatten",
+             "unflatten"}
 _KERNEL_OPS = {"Conv2d", "MaxPool2d", "AvgPool2d", "conv2d", "max_pool2d", "avg_pool2d",
                "max_pool2d_with_indices"}
 
@@ -85,6 +91,7 @@ class _Field:
     sizes: tuple[int, int]
     axes: tuple[_Axis, _Axis]
     global_context: bool = False
+    rank: int = 4
 
 
 def _two(v: Any) -> tuple[int, int]:
@@ -173,14 +180,14 @@ def _moved(field: _Field, node: Any, name: str) -> _Field | str | None:
             dims = list(range(rank))
             dims[a], dims[b] = b, a
         where = tuple(dims.index(d) for d in field.dims)
-        return _Field(where, field.sizes, field.axes, field.global_context)
+        return _Field(where, field.sizes, field.axes, field.global_context, rank)
     inp = _shape(node.args[0])
     if inp is None or field.dims[1] != field.dims[0] + 1:
         return None
     before = math.prod(inp[:field.dims[0]])
     for i in range(len(out) - 1):
         if math.prod(out[:i]) == before and out[i:i + 2] == field.sizes:
-            return _Field((i, i + 1), field.sizes, field.axes, field.global_context)
+            return _Field((i, i + 1), field.sizes, field.axes, field.global_context, len(out))
     return GLOBAL  # the spatial dims were merged: no longer a map
 
 
@@ -195,34 +202,43 @@ def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> 
     first = maps[0]
     union = tuple((axis[0], min(m.axes[i][1] for m in maps), max(m.axes[i][2] for m in maps))
                   for i, axis in enumerate(first.axes))
-    field = _Field(first.dims, first.sizes, (union[0], union[1]), glob)
+    field = _Field(first.dims, first.sizes, (union[0], union[1]), glob, first.rank)
     out = _shape(node)
     if name in _KERNEL_OPS:
         if field.dims != (len(out) - 2, len(out) - 1) if out else True:
             return None
         return _Field(field.dims, out[-2:], _grow(field.axes, _kernel_geometry(
-            node, name, modules)), glob)
+            node, name, modules)), glob, len(out))
     if name == "pad":
         return _padded(field, node)
-    if name in ("permute", "transpose", "swapaxes", "view", "reshape", "flatten", "Flatten",
-                "unflatten"):
-        moved = _moved(field, node, name)
-        if isinstance(moved, _Field) or name not in _REDUCERS:
-            return moved
-        return GLOBAL
+    if name in _RESHAPES:
+        return _moved(field, node, name)
     if out is None:  # tuples and other containers pass the field on (getitem reads it)
         return field
-    keeps = len(out) > max(field.dims) and tuple(out[d] for d in field.dims) == field.sizes
-    if name in ("linear", "Linear"):
-        return field if keeps and max(field.dims) < len(out) - 1 else GLOBAL
-    if keeps and name not in _REDUCERS:
+    if name in _MOVERS:
+        return None
+    where = _where(field, out)
+    if name in ("linear", "Linear"):  # pointwise unless it mixes along a spatial dim
+        return _Field(where, field.sizes, field.axes, glob, len(out)) if where and max(
+            where) < len(out) - 1 else GLOBAL
+    if where is not None:  # the map's sizes at the same dims: pointwise in space
         spatial_norm = any(n in name for n in _SPATIAL_NORMS) or (
-            name in ("LayerNorm", "layer_norm") and _normalises_space(node, modules, field))
-        return _Field(field.dims, field.sizes, field.axes, glob or spatial_norm)
-    if name in _REDUCERS or (out is not None and all(out[d] == 1 for d in field.dims
-                                                     if d < len(out))):
-        return GLOBAL
-    return None  # an op that moves positions in a way not modelled (upsampling, cropping)
+            name in ("LayerNorm", "layer_norm") and _normalises_space(node, modules, where))
+        return _Field(where, field.sizes, field.axes, glob or spatial_norm, len(out))
+    if name in _REDUCERS and all(out[d] == 1 for d in field.dims if d < len(out)):
+        return GLOBAL  # pooled over every position
+    return None  # an op that moves positions in a way not modelled (crops, adaptive pools)
+
+
+def _where(field: _Field, out: tuple[int, ...]) -> tuple[int, int] | None:
+    """The dims of ``out`` that hold the map: the same dims counted from the front or, when
+    dims before them were dropped or added (a reduction over channels), from the back."""
+    if len(out) > max(field.dims) and tuple(out[d] for d in field.dims) == field.sizes:
+        return field.dims
+    back = tuple(d - field.rank for d in field.dims)
+    if len(out) >= -back[0] and tuple(out[b] for b in back) == field.sizes:
+        return (len(out) + back[0], len(out) + back[1])
+    return None
 
 
 def _padded(field: _Field, node: Any) -> _Field | None:
@@ -235,19 +251,17 @@ def _padded(field: _Field, node: Any) -> _Field | None:
     left, top = (list(pads) + [0, 0, 0, 0])[0], (list(pads) + [0, 0, 0, 0])[2]
     axes = tuple((j, lo - before * j, hi - before * j)
                  for (j, lo, hi), before in zip(field.axes, (top, left)))
-    return _Field(field.dims, out[-2:], (axes[0], axes[1]), field.global_context)
+    return _Field(field.dims, out[-2:], (axes[0], axes[1]), field.global_context, len(out))
 
 
-def _normalises_space(node: Any, modules: dict[str, nn.Module], field: _Field) -> bool:
+def _normalises_space(node: Any, modules: dict[str, nn.Module], dims: tuple[int, int]) -> bool:
     """True when a layer norm's normalised (last) dims include a spatial dim."""
     if node.op == "call_module":
-        count = len(modules[node.target].normalized_shape)
+        shape = modules[node.target].normalized_shape
     else:
-        count = len(_two(_arg(node, 1, "normalized_shape", (1,))) if isinstance(
-            _arg(node, 1, "normalized_shape", (1,)), int) else _arg(node, 1, "normalized_shape",
-                                                                     (1,)))
-    rank = len(_shape(node) or ())
-    return max(field.dims) >= rank - count
+        shape = _arg(node, 1, "normalized_shape", (1,))
+    count = 1 if isinstance(shape, int) else len(shape)
+    return max(dims) >= len(_shape(node) or ()) - count
 
 
 def _symbolic_trace(model: nn.Module) -> Any:
@@ -281,7 +295,8 @@ def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     from featuremap.layers import _eval_no_grad, _in_channels, _zeros
 
     try:
-        graph = _symbolic_trace(model)
+        with _eval_no_grad(model):  # trace the inference branches (no auxiliary heads)
+            graph = _symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means the same to the user
         raise ConfigError(f"{type(model).__name__} cannot be traced for an analytic receptive "
                           f"field ({type(err).__name__}); use empirical_receptive_field.") from None
