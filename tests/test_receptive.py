@@ -215,3 +215,26 @@ def test_timm_tensorflow_ported_model_is_traced_with_its_leaves():
     assert stem.size == (3, 3) and stem.stride == (2.0, 2.0) and stem.offset == (0.0, 0.0)
     assert fields["blocks.5"].stride == (32.0, 32.0) and fields["blocks.5"].global_context
     assert fields["classifier"] == "global"
+
+
+class _Attention(nn.Module):
+    """Spatial attention from a mean over channels (pointwise in space), then an upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gate = nn.Conv2d(1, 1, 5, padding=2)
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        weights = torch.sigmoid(self.gate(x.mean(1).unsqueeze(1)))
+        return self.up(x * weights)
+
+
+def test_channel_reductions_are_pointwise_and_upsampling_is_not_guessed():
+    fields = receptive_fields(_Attention(), input_size=32)
+    assert fields["gate"].size == (7, 7) and not fields["gate"].global_context
+    assert "" not in fields  # the root is not a layer
+    with pytest.raises(ConfigError, match="upsampling"):
+        receptive_field(_Attention(), "up", input_size=32)
