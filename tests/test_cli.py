@@ -536,3 +536,29 @@ def test_rf_says_when_a_value_has_global_context(tmp_path, capsys):
                   "--layer", "features.2", "--at", "3,3", "--out", str(tmp_path / "rf.png")],
                  capsys)
     assert "global context" in out and "gradient support box (0, 0, 224, 224)" in out
+
+
+def test_usage_errors_are_one_line(capsys):
+    line = run_error(["layers", "shapes", "--input", "2"], capsys)
+    assert "No such option: --input" in line and "--input-size" in line
+    assert "Missing argument" in run_error(["layers"], capsys)
+
+
+def test_layers_and_rf_errors_for_names_that_do_not_fit(capsys):
+    line = run_error(["layers", "shapes", "--type", "linaer"], capsys)
+    assert "Did you mean 'Linear'" in line
+    line = run_error(["layers", "shapes", "--pattern", "backbone.blok2"], capsys)
+    assert "Did you mean 'backbone.block2'" in line
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    line = run_error(["rf", str(scene), "--layer", "segmenter.head", "--at", "8,8"], capsys)
+    assert "'segmenter.head' did not run in the forward pass" in line
+    line = run_error(["rf", str(scene), "--layer", "backbone.block2", "--at", "8,8",
+                      "--channel", "99"], capsys)
+    assert "outside the 32 channels" in line
+
+
+def test_rf_one_channel(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["rf", str(scene), "--layer", "backbone.block2", "--at", "8,8", "--channel",
+                  "5", "--out", str(tmp_path / "rf.png")], capsys)
+    assert "(channel 5)" in out and "analytic box (y0, x0, y1, x1) (26, 26, 42, 42)" in out

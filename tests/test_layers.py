@@ -228,3 +228,13 @@ def test_patterns_that_match_nothing(resnet: nn.Module) -> None:
         resolve_layers(resnet, "re:layer(")
     with pytest.raises(ConfigError, match="must be a string"):
         resolve_layers(resnet, [3])
+
+
+def test_list_layers_refuses_a_pattern_or_type_that_matches_nothing(resnet: nn.Module) -> None:
+    with pytest.raises(UnknownNameError, match="Unknown layer 'layer0'.*featuremap layers "
+                                               "resnet18"):
+        list_layers(resnet, pattern="layer0", model_name="resnet18")
+    with pytest.raises(UnknownNameError, match="No module has a type containing 'linaer'. "
+                                               "Did you mean 'Linear'"):
+        list_layers(resnet, types="linaer")
+    assert [i.name for i in list_layers(resnet, types="linear")] == ["fc"]

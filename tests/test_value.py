@@ -59,3 +59,23 @@ def test_bad_layer_and_position():
         explain(net, torch.randn(1, 3, 8, 8), layer="relu", at=(0, 0, 0))
     with pytest.raises(ConfigError, match="outside the output"):
         explain(net, torch.randn(1, 3, 8, 8), layer="a", at=(0, 9, 0))
+
+
+def test_first_layer_channels_are_named_rgb():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    e = explain(net, x, layer="conv1", at=(2, 5, 5))
+    text = str(e)
+    assert "R: patch x kernel" in text and "B: patch x kernel" in text
+    assert "channel 0" not in text
+    assert not explain(net, x, layer="layer1.0.conv1", at=(0, 1, 1)).channel_names
+
+
+def test_a_layer_the_forward_pass_skips_is_named():
+    from featuremap.zoo import load_model
+
+    with pytest.raises(ConfigError, match="'segmenter.head' did not run in the forward pass "
+                                          "of shapes"):
+        explain(load_model("shapes"), torch.rand(1, 3, 64, 64), layer="segmenter.head",
+                at=(0, 1, 1))

@@ -291,7 +291,8 @@ def _load(model: str, weights: str, *, quiet: bool = False):
 
     retain_memory()  # this process is ours: reuse freed memory instead of page-faulting it in
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # notes say what matters, once
+        warnings.simplefilter("ignore", FutureWarning)  # torchvision's default-init notices
         loaded = load_model(model, weights=weights)
     for note in [] if quiet else loaded.notes:
         typer.echo(f"note: {note}", err=True)
@@ -336,7 +337,7 @@ def layers(
     loaded = _load(model, weights, quiet=True)
     size = _pair_opt(input_size, "input-size") if input_size else _input_size(loaded)
     infos = list_layers(loaded.module, input_size=size, types=type, pattern=pattern,
-                        leaves_only=leaves)
+                        leaves_only=leaves, model_name=loaded.name)
     fields = _fields_or_note(loaded, size)
     table = Table(title=f"{loaded.name}: {len(infos)} layers at input {_size_text(size)}")
     for col in ("name", "type", "output shape", "params", "kernel", "stride", "padding",
@@ -345,13 +346,19 @@ def layers(
                          no_wrap=True)
     for i in infos:
         stride, field = format_field(fields.get(i.name), i.cumulative_stride)
-        table.add_row("  " * (i.depth - 1) + i.name, i.type, _shape_text(i.output_shape),
+        indent = "" if leaves else "  " * (i.depth - 1)
+        table.add_row(indent + i.name, i.type, _shape_text(i.output_shape),
                       f"{i.params:,}", *(format_geometry(v) for v in (
                           i.kernel_size, i.stride, i.padding, i.dilation)), stride, field)
+    notes = []
+    if any(i.output_shape is None for i in infos):
+        notes.append("- : did not run in the forward pass (a training-only or auxiliary head, "
+                     "or one another method calls).")
     if any(getattr(f, "global_context", False) for f in fields.values()):
-        table.caption = ("* also sees every pixel through a global pooling on the way "
-                         "(squeeze-and-excitation) or a GroupNorm; the size is the convolution "
-                         "path's.")
+        notes.append("* also sees every pixel through a global pooling on the way "
+                     "(squeeze-and-excitation) or a GroupNorm; the size is the convolution "
+                     "path's.")
+    table.caption = "\n".join(notes) or None
     _console().print(table)
 
 
@@ -484,13 +491,17 @@ def rf(
     image: Image,
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer whose value to trace.")],
     at: Annotated[str, typer.Option(help="Position Y,X in that layer's map.")],
+    channel: Annotated[int | None, typer.Option(
+        help="The effective field of this channel's value (default: all channels at Y,X, "
+        "summed; the analytic box is the same for every channel).")] = None,
     model: ModelOpt = "shapes",
     weights: WeightsOpt = "DEFAULT",
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: rf.png, never overwritten).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """The receptive field of one value: the analytic box and the effective (gradient) field."""
+    """The receptive field of one position: the analytic box and the effective (gradient)
+    field."""
     from featuremap.extraction import prepare_images
     from featuremap.plot import plot_receptive_field, save_figure
     from featuremap.receptive import empirical_receptive_field, receptive_field
@@ -500,8 +511,9 @@ def rf(
     loaded = _load(model, weights)
     batch, raw, _ = prepare_images(image, loaded.preprocess)
     size = tuple(batch.shape[2:])
-    support, erf = empirical_receptive_field(loaded, layer, position=(y, x), input_size=size,
-                                             image=batch[:1])  # also checks the position
+    support, erf = empirical_receptive_field(loaded, layer, position=(y, x), channel=channel,
+                                             input_size=size, image=batch[:1])  # checks (y, x)
+    of = "all channels" if channel is None else f"channel {channel}"
     try:
         field = receptive_field(loaded, layer, position=(y, x), input_size=size)
     except ConfigError as err:
@@ -514,8 +526,8 @@ def rf(
     words = f"stride {field.stride[0]:g}, field" if field else "gradient support"
     extra = " + global context" if field and field.global_context else ""
     fig = plot_receptive_field(raw[0], shown.box, erf, title=(
-        f"{loaded.name} {layer} at ({y}, {x}): {words} {shown.size[0]} x {shown.size[1]} px"
-        f"{extra}"))
+        f"{loaded.name} {layer} at ({y}, {x}), {of}: {words} {shown.size[0]} x "
+        f"{shown.size[1]} px{extra}"))
     save_figure(fig, target)
     typer.echo(f"{loaded.name} {layer} at (y, x) = ({y}, {x}), input {size[0]} x {size[1]}")
     if field is not None:
@@ -525,7 +537,7 @@ def rf(
         if field.global_context:
             typer.echo("global context: a global pooling on the way (squeeze-and-excitation) "
                        "or a GroupNorm lets every pixel in; the box is the convolution path's")
-    typer.echo(f"gradient support box {support.box}")
+    typer.echo(f"gradient support box {support.box} ({of})")
     typer.echo(f"wrote {target}")
 
 
@@ -803,7 +815,7 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one 'error: ...' line and exit status 2."""
     try:
-        app(args=argv)  # usage errors are reported by Typer itself, with exit status 2
+        code = app(args=argv, prog_name="featuremap", standalone_mode=False)
     except FeaturemapError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -811,3 +823,24 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {err.filename}" if err.filename else ""
         typer.echo(f"error: {err.strerror or err}{where}", err=True)
         sys.exit(2)
+    except Exception as err:
+        if not _usage_error(err):
+            raise
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(err: Exception) -> bool:
+    """Print a command-line usage error (unknown option, missing argument) as one line."""
+    names = {c.__name__ for c in type(err).__mro__}
+    if "Abort" in names:
+        typer.echo("error: aborted.", err=True)
+        return True
+    if "UsageError" not in names:
+        return False
+    ctx = getattr(err, "ctx", None)
+    path = ctx.command_path if ctx is not None else "featuremap"
+    message = " ".join(err.format_message().split())
+    if message:  # (none when the help was shown for a bare command)
+        typer.echo(f"error: {message} (see '{path} --help')", err=True)
+    return True

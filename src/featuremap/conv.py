@@ -384,7 +384,7 @@ def _fmt_grid(a: np.ndarray, mark: np.ndarray | None = None, width: int = 7) -> 
     for r in range(a.shape[0]):
         cells = []
         for q in range(a.shape[1]):
-            text = f"{a[r, q]:.3g}"
+            text = f"{a[r, q] + 0.0:.3g}"  # + 0.0: no '-0' for products like 0 x -1
             if mark is not None and mark[r, q]:
                 text = f"[{text}]"
             cells.append(text.rjust(width))

@@ -115,9 +115,10 @@ def _receptive(report: Report, image, *, photo_size: int) -> None:
         "A value of an early map depends on a few pixels; every convolution and pool on the way "
         "adds (kernel - 1) x dilation x the stride so far, so a value of a late map depends on a "
         "large region: that is why early maps show edges and late maps show shapes. Below, the "
-        "value nearest the photo's centre in three layers of the bundled network: the box is "
-        "the analytic field (every pixel the value can depend on), the heat is the effective "
-        "field (how strongly the value changes with each pixel, from its gradient).")
+        "position nearest the photo's centre in three layers of the bundled network: the box is "
+        "the analytic field (every pixel a value there can depend on, the same for all its "
+        "channels), the heat is the effective field (how strongly the values there, all "
+        "channels summed, change with each pixel: their gradient).")
     panels = []
     for stage, name in RF_LAYERS:
         f, (_, h, w) = fields[name], infos[name].output_shape
@@ -130,8 +131,8 @@ def _receptive(report: Report, image, *, photo_size: int) -> None:
         panels.append((f"{stage}: {name} at {at}\nfield {field.size[0]} px, stride "
                        f"{field.stride[0]:g}", field.box, erf))
     report.figure(plot.plot_receptive_fields(raw[0], panels, title=(
-        f"One value in three layers, the photo at {size[0]} x {size[1]}")),
-        "Analytic box (cyan) and effective field (heat) of one value per layer. The heat "
+        f"One position in three layers, the photo at {size[0]} x {size[1]}")),
+        "Analytic box (cyan) and effective field (heat) of one position per layer. The heat "
         "gathers in the middle of the box: central pixels reach the value along many more "
         "paths than those at the edge.")
     report.table(["layer", "kernel", "stride", "total stride before", "field", "arithmetic"],

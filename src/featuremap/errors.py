@@ -70,3 +70,11 @@ def unknown_name(
     if hint:
         message += f" {hint}"
     return UnknownNameError(message, suggestions=suggestions)
+
+
+def did_not_run(layers: Iterable[str], model: str) -> ConfigError:
+    """The error for requested layers that the forward pass of ``model`` never called."""
+    names = ", ".join(f"'{n}'" for n in layers)
+    return ConfigError(f"layer {names} did not run in the forward pass of {model} on this input "
+                       "(a branch the forward pass skips: an auxiliary or training-only head, or "
+                       "one only another method calls, such as the bundled model's segmenter).")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremap.errors import ConfigError
+from featuremap.errors import ConfigError, did_not_run
 from featuremap.images import Preprocess
 from featuremap.layers import resolve_layers
 
@@ -234,8 +234,7 @@ class Extractor:
                 h.remove()
         missing = [n for n in self.layers if n not in store]
         if missing:
-            raise ConfigError(f"layer(s) {', '.join(missing)} did not run in the forward pass "
-                              "of this input (a branch the model skipped?).")
+            raise did_not_run(missing, self.name or type(self.module).__name__)
         return {n: store[n] for n in self.layers}, notes
 
     def __call__(self, images: Any, *, device: torch.device | str | None = None) -> FeatureMaps:

@@ -84,6 +84,7 @@ def list_layers(
     types: str | type | Iterable[str | type] | None = None,
     pattern: str | None = None,
     leaves_only: bool = False,
+    model_name: str | None = None,
 ) -> list[LayerInfo]:
     """List the named modules of ``model`` with their output shapes, in module order.
 
@@ -95,11 +96,14 @@ def list_layers(
             ``"pool"``, ``"relu"``) or that are instances of this class; or a list of either.
         pattern: keep names matching this glob, regex or exact name (see the module docstring).
         leaves_only: keep only modules without children.
+        model_name: the name the model was loaded by, for the hint of errors.
 
     Returns:
         One :class:`LayerInfo` per kept module.
 
     Raises:
+        UnknownNameError: a pattern that matches no layer, a type no module has (both with
+            did-you-mean suggestions).
         ConfigError: a bad option, or the forward pass fails, e.g. an input too small for the
             network (the message names the layer where the map would vanish).
 
@@ -113,6 +117,10 @@ def list_layers(
     shapes = _trace(model, (1, channels, height, width))
     keep_type = _type_filter(types)
     keep_name = _matcher(pattern) if pattern is not None else None
+    if pattern is not None:
+        resolve_layers(model, [pattern], model_name=model_name)  # no match: did-you-mean
+    if keep_type is not None and not any(keep_type(m) for n, m in model.named_modules() if n):
+        raise _unknown_type(model, types)
     infos = []
     for name, module in model.named_modules():
         if not name or (leaves_only and next(module.children(), None) is not None):
@@ -175,6 +183,18 @@ def _cumulative(shape: tuple[int, ...] | None, height: int, width: int) -> float
     if ratio_h == ratio_w and ratio_h.is_integer():
         return int(ratio_h)
     return round(ratio_h, 3)
+
+
+def _unknown_type(model: nn.Module, types: Any) -> UnknownNameError:
+    """No module of ``model`` has the requested type: name the types it has."""
+    present = sorted({type(m).__name__ for n, m in model.named_modules() if n})
+    wanted = types if isinstance(types, str) else ", ".join(
+        t if isinstance(t, str) else t.__name__ for t in ([types] if isinstance(types, type)
+                                                          else types))
+    hint = f"Types in {type(model).__name__}: {', '.join(present)}."
+    error = unknown_name("module type", wanted, present, hint=hint)
+    return UnknownNameError(str(error).replace("Unknown module type", "No module has a type "
+                                               "containing", 1), suggestions=error.suggestions)
 
 
 def _type_filter(types: Any) -> Callable[[nn.Module], bool] | None:

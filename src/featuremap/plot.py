@@ -628,7 +628,7 @@ def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, 
 
 # --------------------------------------------------------------------- one value explained
 def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
-               annotate: bool) -> object:
+               annotate: float, factor: float = 1.0) -> object:
     """One small heatmap of an explanation: every number written in its cell when it fits."""
     from matplotlib.patches import Rectangle
 
@@ -639,22 +639,54 @@ def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
         for r, c in zip(*np.nonzero(padded)):
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
                                    edgecolor="#888888", lw=0))
-    if annotate:
-        size = 7 if max(kh, kw) <= 3 else 6 if max(kh, kw) <= 5 else 5
+    if annotate:  # the number of inches of one cell: the font fits the longest number in it
+        texts = _cell_texts(values, factor)
+        longest = max(len(t) for row in texts for t in row)
+        size = min(7.0, annotate * 72 / (0.62 * longest + 0.8))
         span = (scale.vmax - scale.vmin) or 1.0
         for r in range(kh):
             for c in range(kw):
-                v = float(values[r, c])
-                level = (v - scale.vmin) / span
+                level = (float(values[r, c]) - scale.vmin) / span
                 dark = level > 0.75 or level < 0.25 if scale.cmap == DIVERGING else level < 0.5
-                ax.text(c, r, f"{v + 0.0:.2g}", ha="center", va="center", fontsize=size,
+                ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=size,
                         color="white" if dark else "black")
     ax.set_xticks([])
     ax.set_yticks([])
     return shown
 
 
-def plot_explanation(e, *, max_channels: int = 6, title: str = "") -> Figure:
+def _cell_texts(values: np.ndarray, factor: float) -> list[list[str]]:
+    """Numbers for the cells, times ``factor``: two significant digits, or at most one
+    decimal once scaled (never '-0')."""
+    if factor == 1.0:
+        return [[f"{float(v) + 0.0:.2g}" for v in row] for row in values]
+    out = []
+    for row in values:
+        cells = []
+        for v in row:
+            x = round(float(v) * factor, 1) + 0.0
+            cells.append(f"{x:.0f}" if abs(x) >= 9.95 or x == int(x) else f"{x:.1f}")
+        out.append(cells)
+    return out
+
+
+def _column_factor(values: np.ndarray) -> float:
+    """1 when every number fits in four characters at two significant digits, else the power
+    of ten that brings the largest magnitude into [10, 100)."""
+    if max(len(f"{float(v) + 0.0:.2g}") for v in values.ravel()) <= 4:
+        return 1.0
+    top = float(np.abs(values).max()) or 1.0
+    return 10.0 ** (1 - math.floor(math.log10(top)))
+
+
+def _times(factor: float) -> str:
+    if factor == 1.0:
+        return ""
+    power = round(math.log10(factor))
+    return f" (numbers x {factor:.0f})" if power <= 4 else f" (numbers x 1e{power})"
+
+
+def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
     """Patch x kernel = products of one value, one row per input channel (see
     :func:`featuremap.conv.explain` and :func:`featuremap.explain`).
 
@@ -665,8 +697,8 @@ def plot_explanation(e, *, max_channels: int = 6, title: str = "") -> Figure:
     order = e.top_channels(max_channels)
     sums = e.contributions()
     kh, kw = e.kernel.shape[1:]
-    annotate = max(kh, kw) <= 7
     cell = min(3.0, max(1.2, 0.3 * max(kh, kw)))
+    annotate = 0.8 * cell / max(kh, kw) if max(kh, kw) <= 7 else 0.0
     many = len(e.channels) > max_channels
     rows = len(order) + (1 if many else 0)
     fig = _figure(3 * cell + 2.6, len(order) * cell + (1.8 if many else 0) + 1.5,
@@ -679,12 +711,14 @@ def plot_explanation(e, *, max_channels: int = 6, title: str = "") -> Figure:
         _contribution_bars(fig.add_subplot(grid[0, :]), e, sums, order)
     for col, ((label, values), scale) in enumerate(zip(parts, scales)):
         axes = []
+        factor = _column_factor(values) if annotate else 1.0
         for row, k in enumerate(order):
             ax = fig.add_subplot(grid[row + (1 if many else 0), col])
-            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, annotate)
+            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, annotate,
+                               factor)
             axes.append(ax)
             if row == 0:
-                ax.set_title(label, fontsize=9)
+                ax.set_title(label + _times(factor), fontsize=9)
             if col == 0:
                 ch = e.channels[k]
                 name = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
@@ -713,8 +747,11 @@ def _contribution_bars(ax, e, sums: np.ndarray, order: list[int]) -> None:
         ax.bar(i, sums[k], color=colour, alpha=alpha, width=0.9 if len(sums) < 80 else 1.0)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlim(-0.6, len(sums) - 0.4)
-    ax.set_xticks([])
-    ax.set_xlabel(f"all {len(e.channels)} input channels, largest |contribution| first (the "
+    labelled = len(sums) if len(sums) <= 48 else len(order)  # each bar, or the drawn ones
+    ax.set_xticks(range(labelled), [str(e.channels[k]) for k in ranked[:labelled]],
+                  fontsize=5 if len(sums) > 24 else 6, rotation=90 if len(sums) > 24 else 0)
+    ax.tick_params(axis="x", length=0, pad=1)
+    ax.set_xlabel(f"input channel: all {len(e.channels)}, largest |contribution| first (the "
                   f"{len(order)} drawn below in full colour)", fontsize=7)
     ax.set_ylabel("sum of products", fontsize=7)
     ax.tick_params(labelsize=6)

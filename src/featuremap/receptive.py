@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featuremap.errors import ConfigError
+from featuremap.errors import ConfigError, did_not_run
 from featuremap.layers import resolve_layers
 
 __all__ = ["ReceptiveField", "empirical_receptive_field", "format_field",
@@ -433,6 +433,9 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
                               image: torch.Tensor | None = None) -> tuple[ReceptiveField, Any]:
     """The support of d(value)/d(input): its bounding box and the gradient-magnitude map.
 
+    The value is ``layer``'s output at ``position`` in ``channel``, or with ``channel=None`` the
+    sum of all channels there (every channel at one position shares one analytic field).
+
     Returns:
         ``(ReceptiveField of the support's bounding box, effective RF (H, W) numpy array)``.
     """
@@ -447,18 +450,27 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
         module(x)
     finally:
         handle.remove()
+    if "out" not in seen:
+        raise did_not_run([name], getattr(model, "name", "") or type(module).__name__)
     out = seen["out"]
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         raise ConfigError(f"layer '{name}' has no spatial receptive field (its output is not "
                           "feature maps (N, C, H, W)).")
     y0, x0 = position
     _check_position(position, tuple(out.shape[2:]), name)
+    if channel is not None and not 0 <= channel < out.shape[1]:
+        raise ConfigError(f"channel {channel} is outside the {out.shape[1]} channels of "
+                          f"'{name}' (0..{out.shape[1] - 1}).")
     value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
     grad = torch.autograd.grad(value, x)[0][0].abs().sum(0)
     rows = torch.nonzero(grad.sum(1)).flatten()
     cols = torch.nonzero(grad.sum(0)).flatten()
     if rows.numel() == 0:
-        raise ConfigError(f"the gradient of '{name}' at {position} is zero everywhere.")
+        what = "the sum of its channels" if channel is None else f"channel {channel}"
+        raise ConfigError(f"the gradient of '{name}' at {tuple(position)} ({what}) is zero "
+                          "everywhere: the value does not change with any pixel of this image "
+                          "(e.g. cut to 0 by a ReLU). Try another position or channel, or no "
+                          "channel (all channels summed).")
     box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
     return (ReceptiveField(box, box, (box[2] - box[0], box[3] - box[1]), (float("nan"),) * 2,
                            (float("nan"),) * 2), grad.detach().numpy())

@@ -16,7 +16,7 @@ from torch import nn
 
 from featuremap.conv import Explanation
 from featuremap.conv import explain as explain_engine
-from featuremap.errors import ConfigError
+from featuremap.errors import ConfigError, did_not_run
 from featuremap.extraction import _model_parts, prepare_images
 from featuremap.layers import resolve_layers
 
@@ -40,8 +40,8 @@ def _conv_layer(module: nn.Module, layer: str, model_name: str) -> tuple[str, nn
     return name, conv
 
 
-def _input_of(module: nn.Module, conv: nn.Conv2d, batch: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def _input_of(module: nn.Module, conv: nn.Conv2d, batch: torch.Tensor, layer: str,
+              model_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's input and output for ``batch``; the pass stops right after the layer."""
     seen: dict[str, torch.Tensor] = {}
 
@@ -58,7 +58,7 @@ def _input_of(module: nn.Module, conv: nn.Conv2d, batch: torch.Tensor
     finally:
         handle.remove()
     if "in" not in seen:
-        raise ConfigError("the layer did not run in the forward pass of this input.")
+        raise did_not_run([layer], model_name)
     return seen["in"], seen["out"]
 
 
@@ -87,11 +87,13 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
     module, preprocess, name = _model_parts(model)
     layer, conv = _conv_layer(module, layer, name)
     batch, _, _ = prepare_images(image, preprocess)
-    x, _ = _input_of(module, conv, batch[:1])
+    x, _ = _input_of(module, conv, batch[:1], layer, name or type(module).__name__)
+    # the layer reads the (preprocessed) image itself: name its channels
+    rgb = ("R", "G", "B") if x.shape[1] == 3 and torch.equal(x, batch[:1]) else ()
     padding: Any = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
     bias = conv.bias.detach().numpy() if conv.bias is not None else None
     return explain_engine(
         x[0].float().numpy(), conv.weight.detach().float().numpy(), bias, at=at,
         stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation),
         groups=conv.groups, padding_mode=conv.padding_mode,
-        map_name=f"{layer}, output channel {at[0] if len(at) else '?'}")
+        map_name=f"{layer}, output channel {at[0] if len(at) else '?'}", channel_names=rgb)
