@@ -203,3 +203,15 @@ def test_receptive_fields_side_by_side_share_a_normalised_scale(rng):
     assert (box.get_width(), box.get_height()) == (35, 25)
     with pytest.raises(ConfigError, match="at least one panel"):
         plot_receptive_fields(image, [])
+
+
+def test_a_small_receptive_field_gets_a_magnified_inset(rng):
+    from featuremap.plot import plot_receptive_fields
+
+    image, erf = rng.random((3, 64, 64)), rng.random((64, 64))
+    fig = plot_receptive_fields(image, [("small", (30, 30, 33, 33), erf),
+                                        ("large", (10, 10, 40, 40), erf)])
+    small, large = [ax for ax in fig.axes if ax.get_title() in ("small", "large")]
+    assert len(small.child_axes) == 1 and not large.child_axes
+    inset = small.child_axes[0]
+    assert inset.get_xlim()[1] - inset.get_xlim()[0] < 20  # about 5 box sides, not the image

@@ -597,7 +597,31 @@ def _rf_axes(ax, rgb: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarra
     ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
+    if max(y1 - y0, x1 - x0) * 16 < min(rgb.shape[:2]):  # a speck: magnify it in a corner
+        _rf_zoom(ax, rgb, box, erf, vmax)
     return shown
+
+
+def _rf_zoom(ax, rgb: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarray,
+             vmax: float | None) -> None:
+    """An inset, top left, magnifying the region around a small box (5 box sides wide)."""
+    from matplotlib.patches import Rectangle
+
+    y0, x0, y1, x1 = box
+    half = max(y1 - y0, x1 - x0) * 5 // 2 + 1
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    inset = ax.inset_axes([0.02, 0.55, 0.43, 0.43])
+    inset.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
+    inset.imshow(np.asarray(erf, np.float32), cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
+    inset.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                              edgecolor="#00d0ff"))
+    inset.set_xlim(cx - half - 0.5, cx + half + 0.5)
+    inset.set_ylim(cy + half + 0.5, cy - half - 0.5)
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("#00d0ff")
+    ax.indicate_inset_zoom(inset, edgecolor="#00d0ff", alpha=0.8)
 
 
 def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, np.ndarray]], *,
