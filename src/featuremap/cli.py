@@ -155,7 +155,8 @@ def _print_table(rows, title: str) -> None:
              " --depth 64\n\n  featuremap shape --input 224,160 --kernel 7 --padding same"
              " --in-channels 64 --depth 128")
 def shape(
-    input: Annotated[str, typer.Option("--input", help="Input size: N or H,W.")] = "224",
+    input: Annotated[str, typer.Option("--input", "--input-size", help="Input size: N or H,W.")
+                     ] = "224",
     kernel: Annotated[str, typer.Option(help="Kernel size: N or H,W.")] = "3",
     stride: Stride = "1",
     padding: Padding = "0",
