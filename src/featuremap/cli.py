@@ -70,7 +70,8 @@ def _padding_opt(text: str) -> int | tuple[int, int] | str:
     return text.lower() if text.lower() in ("same", "valid") else _pair_opt(text, "padding")
 
 
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.",
+                                                 metavar="")]
 
 
 def _target(out: Path | None, default: str, overwrite: bool) -> Path:
@@ -117,8 +118,8 @@ def conv(
     out: Annotated[Path | None, typer.Option(
         help="PNG to write the channel grid to (default: maps.png, never overwritten).")] = None,
     shared_scale: Annotated[bool, typer.Option(
-        "--shared-scale", help="One colour scale for all maps (default: each map on its own "
-        "range, printed under it).")] = False,
+        "--shared-scale", metavar="", help="One colour scale for all maps (default: each map "
+        "on its own range, printed under it).")] = False,
     short_side: ShortSide = None,
     max_pixels: MaxPixels = 50_000_000,
     overwrite: Overwrite = False,
@@ -326,7 +327,8 @@ def layers(
         "--type", help="Keep modules whose type contains this, e.g. conv, pool, relu.")] = None,
     pattern: Annotated[str | None, typer.Option(
         help="Keep names matching this glob or regex, e.g. 'layer*.0.*'.")] = None,
-    leaves: Annotated[bool, typer.Option("--leaves", help="Only modules without children.")
+    leaves: Annotated[bool, typer.Option("--leaves", metavar="",
+                                                    help="Only modules without children.")
                       ] = False,
 ) -> None:
     """Every named module with its type, output shape, parameters and kernel/stride/padding."""
@@ -417,8 +419,8 @@ def show(
                                       "layer's filters).")] = "grid",
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: grid.png, never overwritten).")] = None,
-    shared_scale: Annotated[bool, typer.Option("--shared-scale", help="One colour scale for "
-                                               "all channels.")] = False,
+    shared_scale: Annotated[bool, typer.Option("--shared-scale", metavar="",
+                                               help="One colour scale for all channels.")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """The feature maps of one layer of a network: a channel grid, an overlay, or its filters."""
@@ -763,8 +765,8 @@ def train_demo(
     n_train: Annotated[int, typer.Option("--n-train", help="Scenes per epoch.")] = 6000,
     eval_n: Annotated[int, typer.Option("--eval-n", help="Held-out scenes to evaluate on.")
                       ] = 1000,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in "
-                                            "--out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="",
+                                            help="Replace an existing model in --out.")] = False,
 ) -> None:
     """Train the bundled model from scratch with its recipe (about 5 minutes on 2 CPU cores)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -807,7 +809,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Compute, see, tune and use the feature maps of convolutional neural networks."""
