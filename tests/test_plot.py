@@ -54,6 +54,16 @@ def test_comparison_draws_every_panel_at_one_scale(rng):
         plot_comparison([])
 
 
+def test_comparison_names_maps_where_the_tiles_are_big_enough(rng):
+    big = rng.random((4, 64, 64)).astype(np.float32)
+    names = ("sobel_x", "sobel_y", "laplacian", "gaussian")
+    fig = plot_comparison([Panel("stride 1", big, names), Panel("stride 8", big[:, ::8, ::8],
+                                                               names)])
+    a, b = fig.axes[:2]
+    assert [t.get_text() for t in a.texts] == list(names)
+    assert not b.texts  # 8 x 8 tiles: too small to carry a name
+
+
 def test_save_figure_refuses_missing_folder(tmp_path, rng):
     fig = plot_image(rng.random((3, 10, 10)))
     with pytest.raises(ConfigError, match="does not exist"):

@@ -199,10 +199,17 @@ def plot_comparison(
     for k, (panel, a, full) in enumerate(zip(panels, shown, arrays)):
         ax = fig.add_subplot(1, len(panels), k + 1)
         _, corners = _tile_layout(*a.shape, gap)
-        for m, (y, x) in zip(a, corners):
+        tile_inches = inches * a.shape[2] / big_w
+        for i, (m, (y, x)) in enumerate(zip(a, corners)):
             s = shared or Scale.of(m)
             ax.imshow(m, cmap=s.cmap, vmin=s.vmin, vmax=s.vmax, interpolation="nearest",
                       extent=(x, x + m.shape[1], y + m.shape[0], y))
+            if i < len(panel.names) and tile_inches >= 0.35:  # name the map in its corner
+                name = panel.names[i]
+                size = min(7.0, max(4.0, tile_inches * 72 / (0.62 * len(name) + 1)))
+                ax.text(x + 0.02 * m.shape[1], y + 0.02 * m.shape[0], name, fontsize=size,
+                        va="top", ha="left", bbox=dict(boxstyle="square,pad=0.15", fc="white",
+                                                        alpha=0.75, lw=0))
         ax.set_xlim(0, big_w)
         ax.set_ylim(big_h, 0)
         ax.set_xticks([])
