@@ -562,3 +562,21 @@ def test_rf_one_channel(tmp_path, capsys):
     out = run_ok(["rf", str(scene), "--layer", "backbone.block2", "--at", "8,8", "--channel",
                   "5", "--out", str(tmp_path / "rf.png")], capsys)
     assert "(channel 5)" in out and "analytic box (y0, x0, y1, x1) (26, 26, 42, 42)" in out
+
+
+def test_fit_seg_ignore_index_option(tmp_path, capsys):
+    from featuremap.shapes import save_dataset
+
+    data = tmp_path / "scenes"
+    save_dataset(data, 6, seed=5, layout="segmentation")
+    mask_path = sorted((data / "masks").iterdir())[0]
+    mask = np.array(Image.open(mask_path))
+    mask[0, :] = 200
+    Image.fromarray(mask).save(mask_path)
+    out = run_ok(["fit-seg", str(data), "--layers", "backbone.block4", "--epochs", "1",
+                  "--ignore-index", "200", "--out", str(tmp_path / "h.safetensors")], capsys)
+    assert "mIoU" in out
+    line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--epochs", "1",
+                      "--ignore-index", "none", "--out", str(tmp_path / "h2.safetensors")],
+                     capsys)
+    assert "label 200" in line  # classes.txt names 8 classes: 200 would be a class beyond them

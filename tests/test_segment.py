@@ -331,3 +331,17 @@ def test_plot_segmentation_tuple_and_errors():
     with pytest.raises(ConfigError, match=r"image must be \(3, H, W\)"):
         plot_segmentation((image[:, :4], labels, ["a", "b", "c"]))
 
+
+
+def test_fit_leaves_out_void_pixels(shapes, tmp_path):
+    """Pascal VOC marks object borders 255 ("void"): not a class, not trained on, not scored."""
+    root = _small_dataset(tmp_path / "void", n=8)
+    for path in sorted((root / "masks").glob("*.png")):
+        mask = np.array(Image.open(path))
+        mask[:, :5] = 255  # a void band down the left side
+        Image.fromarray(mask).save(path)
+    result = fit_seg_head(shapes, root, layers="backbone.block1", epochs=2)
+    assert len(result.class_names) == 8  # labels 0..7: 255 is no class
+    assert int(result.confusion.sum()) == result.n_test * 64 * (64 - 5)
+    with pytest.raises(ConfigError, match="ignore_index must be"):
+        fit_seg_head(shapes, root, layers="backbone.block1", epochs=1, ignore_index=-3)

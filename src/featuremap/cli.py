@@ -695,6 +695,9 @@ def fit_seg(
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")
                              ] = 0.25,
+    ignore_index: Annotated[str, typer.Option(
+        "--ignore-index", help="Mask label left out of training and scores (Pascal VOC's void "
+        "border is 255), or 'none'.")] = "255",
     out: Annotated[Path | None, typer.Option(
         help="Where to save the head (.safetensors + .json; default head.safetensors, never "
         "overwritten).")] = None,
@@ -706,11 +709,14 @@ def fit_seg(
     from featuremap.tasks.segment import fit_seg_head
 
     target = _target(out, "head.safetensors", overwrite)
+    void = None if ignore_index.strip().lower() == "none" else _ints(
+        ignore_index, "ignore-index", (1,))[0]
     loaded = _load(model, weights)
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("fitting", total=None)
         result = fit_seg_head(loaded, data_dir, layers=[x for x in layers.split(",") if x],
                               epochs=epochs, seed=seed, test_fraction=test_fraction,
+                              ignore_index=void,
                               progress=lambda done, total: bar.update(task, completed=done,
                                                                       total=total))
     _print_iou(result)

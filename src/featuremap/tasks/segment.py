@@ -747,11 +747,12 @@ def _unstandardise(head: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor
 
 
 def _train_head(items: Sequence[_Item], k: int, *, epochs: int, lr: float, seed: int,
-                batch_size: int, tick: Callable[[int], None]
+                batch_size: int, tick: Callable[[int], None], void: int = -1
                 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Fit ``nn.Conv2d(C_total, K, 1)`` with Adam on standardised maps; return it on raw maps.
 
-    The loss is the cross-entropy over all pixels of a batch of images (each pixel counts once).
+    The loss is the cross-entropy over all pixels of a batch of images (each pixel counts once)
+    but those labelled ``void``.
     """
     mean, std = _standardiser(items)
     with torch.random.fork_rng(devices=[]):
@@ -765,29 +766,31 @@ def _train_head(items: Sequence[_Item], k: int, *, epochs: int, lr: float, seed:
         total = 0.0
         for start in range(0, len(order), batch_size):
             chosen = [items[i] for i in order[start:start + batch_size]]
-            count = sum(it.mask.numel() for it in chosen)
+            count = max(1, sum(int((it.mask != void).sum()) for it in chosen))
             opt.zero_grad(set_to_none=True)
             for maps, masks in _batches(chosen):
                 logits = _head_logits(*_unstandardise(head, mean, std), maps, masks.shape[-2:])
-                loss = F.cross_entropy(logits, masks, reduction="sum") / count
+                loss = F.cross_entropy(logits, masks, reduction="sum", ignore_index=void) / count
                 loss.backward()
                 total += float(loss.detach()) * count
             opt.step()
-        history.append(total / sum(it.mask.numel() for it in items))
+        history.append(total / max(1, sum(int((it.mask != void).sum()) for it in items)))
         tick(epoch + 1)
     with torch.no_grad():
         weight, bias = _unstandardise(head, mean, std)
     return weight.detach().clone(), bias.detach().clone(), history
 
 
-def _evaluate(weight: torch.Tensor, bias: torch.Tensor, items: Sequence[_Item], k: int
-              ) -> np.ndarray:
-    """``(K, K)`` confusion matrix (rows truth, columns prediction) summed over ``items``."""
+def _evaluate(weight: torch.Tensor, bias: torch.Tensor, items: Sequence[_Item], k: int,
+              void: int = -1) -> np.ndarray:
+    """``(K, K)`` confusion matrix (rows truth, columns prediction) summed over ``items``,
+    pixels labelled ``void`` left out."""
     confusion = torch.zeros(k * k, dtype=torch.long)
     with torch.no_grad():
         for maps, masks in _batches(items):
             pred = _head_logits(weight, bias, maps, masks.shape[-2:]).argmax(1)
-            confusion += torch.bincount((masks * k + pred).ravel(), minlength=k * k)
+            keep = masks != void
+            confusion += torch.bincount((masks * k + pred)[keep], minlength=k * k)
     return confusion.view(k, k).numpy()
 
 
@@ -833,6 +836,7 @@ def fit_seg_head(
     test_fraction: float = 0.25,
     batch_size: int = 16,
     lr: float = 0.05,
+    ignore_index: int | None = 255,
     progress: Progress | None = None,
 ) -> SegHeadResult:
     """Fit a 1x1-convolution segmentation head on the frozen maps of a folder of images and masks.
@@ -840,7 +844,8 @@ def fit_seg_head(
     ``data_dir`` holds ``images/NAME.png`` (any image format) and ``masks/NAME.png``: label maps
     of the same size whose pixel values are class indices (single-channel PNG: mode L, P or I).
     Classes are ``0 .. max label``, named by ``data_dir/classes.txt`` (one name per line) if
-    present, else ``class 0``, ...
+    present, else ``class 0``, ...; pixels labelled ``ignore_index`` (255, Pascal VOC's "void"
+    border, by default) are neither trained on nor scored.
 
     Images are used at their own size (no resize or crop, so masks stay aligned), normalised as
     the model expects. All layers come from one forward pass per batch of ``batch_size`` images,
@@ -860,6 +865,7 @@ def fit_seg_head(
         test_fraction: share of the images held out (at least one image each side).
         batch_size: images per forward pass and per optimiser step.
         lr: Adam's learning rate.
+        ignore_index: the label of pixels to leave out (``None``: every label is a class).
         progress: called as ``progress(done, total)`` after each batch of images read (``done``
             counts images) and after each epoch (``total`` = images + epochs).
 
@@ -881,6 +887,10 @@ def fit_seg_head(
         True
     """
     _check_fit(epochs, test_fraction, batch_size, lr)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(
+            ignore_index, int) or ignore_index < 0):
+        raise ConfigError(f"ignore_index must be a label >= 0 or None, got {ignore_index!r}.")
+    void = -1 if ignore_index is None else int(ignore_index)
     root = Path(data_dir).expanduser()
     pairs = _find_pairs(root)
     extractor = Extractor(model, layers)
@@ -894,12 +904,16 @@ def fit_seg_head(
     if len(items) < 2:
         raise ConfigError(f"{len(items)} readable image/mask pair(s) in '{root}' ({len(skipped)} "
                           "unreadable skipped): fitting and testing need at least 2.")
-    names = _dataset_classes(root, max(int(it.mask.max()) for it in items))
+    labelled = [it.mask[it.mask != void] for it in items]
+    if not any(m.numel() for m in labelled):
+        raise ConfigError(f"every mask pixel in '{root}' is labelled {void} (ignore_index): "
+                          "nothing to learn from.")
+    names = _dataset_classes(root, max(int(m.max()) for m in labelled if m.numel()))
     train, test = _split(len(items), float(test_fraction), seed)
     weight, bias, history = _train_head(
         [items[i] for i in train], len(names), epochs=epochs, lr=float(lr), seed=seed,
-        batch_size=batch_size, tick=lambda e: tick(len(pairs) + e))
-    confusion = _evaluate(weight, bias, [items[i] for i in test], len(names))
+        batch_size=batch_size, tick=lambda e: tick(len(pairs) + e), void=void)
+    confusion = _evaluate(weight, bias, [items[i] for i in test], len(names), void)
     iou, miou, accuracy = _scores(confusion, names)
     return SegHeadResult(
         weight, bias, names, list(extractor.layers), [m.shape[1] for m in items[0].maps],
