@@ -238,3 +238,13 @@ def test_channel_reductions_are_pointwise_and_upsampling_is_not_guessed():
     assert "" not in fields  # the root is not a layer
     with pytest.raises(ConfigError, match="upsampling"):
         receptive_field(_Attention(), "up", input_size=32)
+
+
+def test_empirical_field_runs_in_eval_mode_and_restores_it():
+    """In training mode batch norm would normalise over the image and mix every position."""
+    net = torchvision.models.resnet18()
+    assert net.training
+    empirical, _ = empirical_receptive_field(net, "layer1", position=(3, 3), input_size=128)
+    assert empirical.box == receptive_field(net, "layer1", position=(3, 3),
+                                            input_size=128).clipped_box == (0, 0, 34, 34)
+    assert net.training and all(m.training for m in net.modules())

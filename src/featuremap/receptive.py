@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from featuremap.errors import ConfigError, did_not_run
-from featuremap.layers import resolve_layers
+from featuremap.layers import _in_channels, resolve_layers
 
 __all__ = ["ReceptiveField", "empirical_receptive_field", "format_field",
            "receptive_field", "receptive_fields"]
@@ -292,7 +292,7 @@ def _symbolic_trace(model: nn.Module) -> Any:
 def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from featuremap.layers import _eval_no_grad, _in_channels, _zeros
+    from featuremap.layers import _eval_no_grad, _zeros
 
     try:
         with _eval_no_grad(model):  # trace the inference branches (no auxiliary heads)
@@ -442,14 +442,21 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     module = getattr(model, "module", model)
     name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    x = (image if image is not None else torch.randn(1, 3, h, w)).clone().requires_grad_(True)
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    x = (image if image is not None else torch.randn(1, _in_channels(module), h, w))
+    x = x.to(device).clone().requires_grad_(True)
     seen: dict[str, torch.Tensor] = {}
     handle = dict(module.named_modules())[name].register_forward_hook(
         lambda _m, _i, out: seen.setdefault("out", out))
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()  # batch norm on running statistics: in training mode it would mix positions
     try:
         module(x)
     finally:
         handle.remove()
+        for m, training in modes:
+            m.training = training
     if "out" not in seen:
         raise did_not_run([name], getattr(model, "name", "") or type(module).__name__)
     out = seen["out"]
@@ -462,7 +469,7 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
         raise ConfigError(f"channel {channel} is outside the {out.shape[1]} channels of "
                           f"'{name}' (0..{out.shape[1] - 1}).")
     value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
-    grad = torch.autograd.grad(value, x)[0][0].abs().sum(0)
+    grad = torch.autograd.grad(value, x)[0][0].abs().sum(0).cpu()
     rows = torch.nonzero(grad.sum(1)).flatten()
     cols = torch.nonzero(grad.sum(0)).flatten()
     if rows.numel() == 0:

@@ -17,7 +17,7 @@ from torch import nn
 from featuremap.conv import Explanation
 from featuremap.conv import explain as explain_engine
 from featuremap.errors import ConfigError, did_not_run
-from featuremap.extraction import _model_parts, prepare_images
+from featuremap.extraction import _device_of, _model_parts, prepare_images
 from featuremap.layers import resolve_layers
 
 __all__ = ["explain"]
@@ -86,14 +86,14 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
     """
     module, preprocess, name = _model_parts(model)
     layer, conv = _conv_layer(module, layer, name)
-    batch, _, _ = prepare_images(image, preprocess)
+    batch, _, _ = prepare_images(image, preprocess, device=_device_of(module))
     x, _ = _input_of(module, conv, batch[:1], layer, name or type(module).__name__)
     # the layer reads the (preprocessed) image itself: name its channels
     rgb = ("R", "G", "B") if x.shape[1] == 3 and torch.equal(x, batch[:1]) else ()
     padding: Any = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-    bias = conv.bias.detach().numpy() if conv.bias is not None else None
+    bias = conv.bias.detach().float().cpu().numpy() if conv.bias is not None else None
     return explain_engine(
-        x[0].float().numpy(), conv.weight.detach().float().numpy(), bias, at=at,
+        x[0].float().cpu().numpy(), conv.weight.detach().float().cpu().numpy(), bias, at=at,
         stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation),
         groups=conv.groups, padding_mode=conv.padding_mode,
         map_name=f"{layer}, output channel {at[0] if len(at) else '?'}", channel_names=rgb)
