@@ -238,3 +238,11 @@ def test_list_layers_refuses_a_pattern_or_type_that_matches_nothing(resnet: nn.M
                                                "Did you mean 'Linear'"):
         list_layers(resnet, types="linaer")
     assert [i.name for i in list_layers(resnet, types="linear")] == ["fc"]
+
+
+def test_layers_padded_in_forward_read_same() -> None:
+    from timm.layers import Conv2dSame
+
+    net = nn.Sequential(Conv2dSame(3, 4, 3, stride=2))
+    info = list_layers(net, input_size=15)[0]
+    assert info.padding == "same" and info.output_shape == (4, 8, 8)

@@ -161,10 +161,13 @@ def _geometry(module: nn.Module) -> dict[str, Any]:
             return tuple(int(v) for v in value)
         return (int(value),) * n
 
+    padding = getattr(module, "padding", None)
+    if type(module).__name__.endswith("Same"):  # timm's Conv2dSame & co. pad in forward()
+        padding = "same"
     return {
         "kernel_size": tup(kernel),
         "stride": tup(getattr(module, "stride", None)),
-        "padding": tup(getattr(module, "padding", None)),
+        "padding": tup(padding),
         "dilation": tup(getattr(module, "dilation", None)),
         "groups": getattr(module, "groups", None),
     }
