@@ -580,3 +580,7 @@ def test_fit_seg_ignore_index_option(tmp_path, capsys):
                       "--ignore-index", "none", "--out", str(tmp_path / "h2.safetensors")],
                      capsys)
     assert "label 200" in line  # classes.txt names 8 classes: 200 would be a class beyond them
+    assert "scene_00000" in line and "--ignore-index 200" in line
+    line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--ignore-index",
+                      "abc"], capsys)
+    assert "--ignore-index must be a mask label (an integer >= 0) or 'none'" in line

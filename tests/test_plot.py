@@ -171,12 +171,12 @@ def test_explanation_figure_rows_numbers_and_title():
     assert [t.split(" (")[0] for t in titles] == ["input patch", "kernel", "products"]
     labels = [ax.get_ylabel() for ax in grids if ax.get_ylabel()]
     assert labels[0].startswith("channel 0\nsum ") and labels[1].startswith("channel 1")
-    factor = float(titles[2].split(" x ")[1].rstrip(")")) if " x " in titles[2] else 1.0
+    factor = 1 / float(titles[2].split("unit ")[1].rstrip(")")) if "unit" in titles[2] else 1.0
     products = [t for ax in grids for t in ax.texts if ax.get_title() == titles[2]]
     first = np.array([float(t.get_text()) for t in products[:9]]).reshape(3, 3) / factor
     # the numbers as drawn: two significant digits, or one decimal once scaled
     np.testing.assert_allclose(first, e.products[0], rtol=0.06, atol=0.06 / factor)
-    assert all(len(t.get_text()) <= 4 for t in products)  # they fit their cells
+    assert all(len(t.get_text()) <= 5 for t in products)  # they fit their cells
     assert f"= {e.value:.5g}" in fig._suptitle.get_text() and "hatched: padding" in \
         fig._suptitle.get_text()
 
@@ -194,7 +194,7 @@ def test_explanation_figure_many_channels_shows_top_contributors_and_bars():
     heights = [p.get_height() for p in bars.patches]
     np.testing.assert_allclose(heights, sums[np.argsort(-np.abs(sums), kind="stable")],
                                rtol=1e-6)
-    assert "the other 8 channels" in fig._suptitle.get_text()
+    assert "(4 drawn " in fig._suptitle.get_text() and "+ the other 8 " in fig._suptitle.get_text()
 
 
 def test_receptive_fields_side_by_side_share_a_normalised_scale(rng):

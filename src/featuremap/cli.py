@@ -263,7 +263,8 @@ def demo(
     short_side: Annotated[int, typer.Option("--short-side", help="Work at this size.")] = 256,
     overwrite: Overwrite = False,
 ) -> None:
-    """Write a self-contained HTML report: feature maps of a photo, tuned and explained."""
+    """Write a self-contained HTML report: feature maps tuned and explained, a network low to
+    high, receptive fields, recognition and segmentation."""
     from featuremap.demo import build_demo
 
     console = _console()
@@ -349,7 +350,7 @@ def layers(
                          no_wrap=True)
     for i in infos:
         stride, field = format_field(fields.get(i.name), i.cumulative_stride)
-        indent = "" if leaves else "  " * (i.depth - 1)
+        indent = "" if leaves or type or pattern else "  " * (i.depth - 1)
         table.add_row(indent + i.name, i.type, _shape_text(i.output_shape),
                       f"{i.params:,}", *(format_geometry(v) for v in (
                           i.kernel_size, i.stride, i.padding, i.dilation)), stride, field)
@@ -503,8 +504,7 @@ def rf(
         help="PNG to write (default: rf.png, never overwritten).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """The receptive field of one position: the analytic box and the effective (gradient)
-    field."""
+    """The receptive field of one position: the analytic box and the gradient's heatmap."""
     from featuremap.extraction import prepare_images
     from featuremap.plot import plot_receptive_field, save_figure
     from featuremap.receptive import empirical_receptive_field, receptive_field
@@ -709,8 +709,11 @@ def fit_seg(
     from featuremap.tasks.segment import fit_seg_head
 
     target = _target(out, "head.safetensors", overwrite)
-    void = None if ignore_index.strip().lower() == "none" else _ints(
-        ignore_index, "ignore-index", (1,))[0]
+    void = None if ignore_index.strip().lower() == "none" else (
+        int(ignore_index) if ignore_index.strip().isdigit() else None)
+    if void is None and ignore_index.strip().lower() != "none":
+        raise ConfigError(f"--ignore-index must be a mask label (an integer >= 0) or 'none', "
+                          f"got '{ignore_index}'.")
     loaded = _load(model, weights)
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("fitting", total=None)
@@ -720,7 +723,8 @@ def fit_seg(
                               progress=lambda done, total: bar.update(task, completed=done,
                                                                       total=total))
     _print_iou(result)
-    typer.echo(f"wrote {result.save(target, overwrite=overwrite)}")
+    saved = result.save(target, overwrite=overwrite)
+    typer.echo(f"wrote {saved} and {saved.with_suffix('.json')}")
 
 
 def _print_iou(result) -> None:

@@ -275,10 +275,10 @@ class Explanation:
     channels: tuple[int, ...]
     rows: tuple[int, ...]
     cols: tuple[int, ...]
-    patch: np.ndarray
-    padded: np.ndarray
-    kernel: np.ndarray
-    products: np.ndarray
+    patch: np.ndarray = field(repr=False)
+    padded: np.ndarray = field(repr=False)
+    kernel: np.ndarray = field(repr=False)
+    products: np.ndarray = field(repr=False)
     bias: float
     value: float
     settings: dict = field(default_factory=dict)
@@ -392,6 +392,9 @@ def _fmt_grid(a: np.ndarray, mark: np.ndarray | None = None, width: int = 7) -> 
     return lines
 
 
+_TEXT_WIDTH = 160  # wider side-by-side blocks are printed one under another
+
+
 def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
     """The printed form of an :class:`Explanation`: patch, kernel and products per channel.
 
@@ -420,9 +423,13 @@ def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
     for k in order:
         ch = e.channels[k]
         label = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
-        body.append(f"\n{label}: patch x kernel = products (sum {e.products[k].sum():.6g})")
+        body.append(f"\n{label}: patch x kernel = products (sum {sums[k]:.6g})")
         cols = [_fmt_grid(e.patch[k], e.padded, width), _fmt_grid(e.kernel[k], None, width),
                 _fmt_grid(e.products[k], None, width)]
+        if 3 * len(cols[0][0]) + 10 > _TEXT_WIDTH:  # a large kernel: one block under another
+            for what, grid in zip(("patch", "kernel", "products"), cols):
+                body += [f"{what}:", *grid]
+            continue
         for r in range(len(cols[0])):
             sep = ("  x  ", "  =  ") if r == len(cols[0]) // 2 else ("     ", "     ")
             body.append(cols[0][r] + sep[0] + cols[1][r] + sep[1] + cols[2][r])

@@ -659,7 +659,7 @@ def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, 
 
 # --------------------------------------------------------------------- one value explained
 def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
-               annotate: float, factor: float = 1.0) -> object:
+               fontsize: float, factor: float = 1.0) -> object:
     """One small heatmap of an explanation: every number written in its cell when it fits."""
     from matplotlib.patches import Rectangle
 
@@ -670,16 +670,14 @@ def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
         for r, c in zip(*np.nonzero(padded)):
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
                                    edgecolor="#888888", lw=0))
-    if annotate:  # the number of inches of one cell: the font fits the longest number in it
+    if fontsize:  # every number written in its cell
         texts = _cell_texts(values, factor)
-        longest = max(len(t) for row in texts for t in row)
-        size = min(7.0, annotate * 72 / (0.62 * longest + 0.8))
         span = (scale.vmax - scale.vmin) or 1.0
         for r in range(kh):
             for c in range(kw):
                 level = (float(values[r, c]) - scale.vmin) / span
                 dark = level > 0.75 or level < 0.25 if scale.cmap == DIVERGING else level < 0.5
-                ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=size,
+                ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=fontsize,
                         color="white" if dark else "black")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -702,19 +700,19 @@ def _cell_texts(values: np.ndarray, factor: float) -> list[list[str]]:
 
 
 def _column_factor(values: np.ndarray) -> float:
-    """1 when every number fits in four characters at two significant digits, else the power
+    """1 when every number fits in five characters at two significant digits, else the power
     of ten that brings the largest magnitude into [10, 100)."""
-    if max(len(f"{float(v) + 0.0:.2g}") for v in values.ravel()) <= 4:
+    if max(len(f"{float(v) + 0.0:.2g}") for v in values.ravel()) <= 5:
         return 1.0
     top = float(np.abs(values).max()) or 1.0
     return 10.0 ** (1 - math.floor(math.log10(top)))
 
 
-def _times(factor: float) -> str:
+def _unit(factor: float) -> str:
+    """' (unit 0.01)': the cell numbers and the colour bar count in this unit."""
     if factor == 1.0:
         return ""
-    power = round(math.log10(factor))
-    return f" (numbers x {factor:.0f})" if power <= 4 else f" (numbers x 1e{power})"
+    return f" (unit {1 / factor:g})"
 
 
 def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
@@ -738,18 +736,23 @@ def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
     parts = [("input patch", e.patch[order]), ("kernel", e.kernel[order]),
              ("products", e.products[order])]
     scales = [Scale.of(values) for _, values in parts]
+    if scales[0].cmap == SEQUENTIAL:  # inputs from zero: a flat patch must look flat
+        scales[0] = Scale(SEQUENTIAL, min(0.0, scales[0].vmin), scales[0].vmax)
     if many:
         _contribution_bars(fig.add_subplot(grid[0, :]), e, sums, order)
     for col, ((label, values), scale) in enumerate(zip(parts, scales)):
         axes = []
         factor = _column_factor(values) if annotate else 1.0
+        # one font size for the column: the longest number fits its cell (annotate: inches)
+        longest = max(len(t) for m in values for row in _cell_texts(m, factor) for t in row)
+        size = min(7.0, annotate * 72 / (0.62 * longest + 0.8)) if annotate else 0.0
         for row, k in enumerate(order):
             ax = fig.add_subplot(grid[row + (1 if many else 0), col])
-            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, annotate,
+            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, size,
                                factor)
             axes.append(ax)
             if row == 0:
-                ax.set_title(label + _times(factor), fontsize=9)
+                ax.set_title(label + _unit(factor), fontsize=9)
             if col == 0:
                 ch = e.channels[k]
                 name = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
@@ -757,12 +760,18 @@ def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
         bar = fig.colorbar(shown, ax=axes, location="bottom", fraction=0.05, pad=0.02,
                            shrink=0.9)
         bar.ax.tick_params(labelsize=6)
+        if factor != 1.0:  # the bar counts in the column's unit, as its cells do
+            from matplotlib.ticker import FuncFormatter
+
+            bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p, f=factor: f"{v * f:g}"))
     d, y, x = e.at
     rest = [k for k in range(len(e.channels)) if k not in order]
-    tail = f"; the other {len(rest)} channels {sums[rest].sum():.4g}" if rest else ""
+    total = e.products.sum(dtype=np.float64)
+    parts_text = (f" ({len(order)} drawn {sums[order].sum():.4g} + the other {len(rest)} "
+                  f"{sums[rest].sum():.4g})") if rest else ""
     name = f" ({e.map_name})" if e.map_name else ""
     head = title or f"map {d}{name} at row {y}, col {x}"
-    fig.suptitle(_wrap(f"{head}\nsum of products {e.products.sum(dtype=np.float64):.5g}{tail} "
+    fig.suptitle(_wrap(f"{head}\nsum of products {total:.5g}{parts_text} "
                        f"+ bias {e.bias:.4g} = {e.value:.5g}"
                        + ("   (hatched: padding)" if e.padded.any() else ""), fig, 9),
                  fontsize=9)
@@ -778,11 +787,13 @@ def _contribution_bars(ax, e, sums: np.ndarray, order: list[int]) -> None:
         ax.bar(i, sums[k], color=colour, alpha=alpha, width=0.9 if len(sums) < 80 else 1.0)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlim(-0.6, len(sums) - 0.4)
-    labelled = len(sums) if len(sums) <= 48 else len(order)  # each bar, or the drawn ones
-    ax.set_xticks(range(labelled), [str(e.channels[k]) for k in ranked[:labelled]],
-                  fontsize=5 if len(sums) > 24 else 6, rotation=90 if len(sums) > 24 else 0)
+    if len(sums) <= 48:  # each bar named; more would not fit (the rows below name theirs)
+        ax.set_xticks(range(len(sums)), [str(e.channels[k]) for k in ranked],
+                      fontsize=5 if len(sums) > 24 else 6, rotation=90 if len(sums) > 24 else 0)
+    else:
+        ax.set_xticks([])
     ax.tick_params(axis="x", length=0, pad=1)
     ax.set_xlabel(f"input channel: all {len(e.channels)}, largest |contribution| first (the "
-                  f"{len(order)} drawn below in full colour)", fontsize=7)
+                  f"{len(order)} drawn below in full colour, leftmost)", fontsize=7)
     ax.set_ylabel("sum of products", fontsize=7)
     ax.tick_params(labelsize=6)

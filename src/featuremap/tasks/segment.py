@@ -651,15 +651,19 @@ def _read_mask(path: Path) -> np.ndarray | None:
     return values
 
 
-def _dataset_classes(root: Path, max_label: int) -> list[str]:
+def _dataset_classes(root: Path, max_label: int, where: str = "") -> list[str]:
     """Class names from ``classes.txt`` (one per line) or ``class 0`` .. ``class max``."""
     listing = root / "classes.txt"
     if not listing.is_file():
         return [f"class {i}" for i in range(max_label + 1)]
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     if max_label >= len(names):
-        raise ConfigError(f"a mask holds label {max_label}, but '{listing}' names only "
-                          f"{len(names)} classes (0..{len(names) - 1}): add the missing names.")
+        mask = f" ('{where}')" if where else ""
+        fix = ("if it marks unlabelled pixels, leave them out with ignore_index "
+               f"(--ignore-index {max_label})" if max_label == 255 or max_label > 2 * len(names)
+               else "add the missing names")
+        raise ConfigError(f"a mask{mask} holds label {max_label}, but '{listing}' names only "
+                          f"{len(names)} classes (0..{len(names) - 1}): {fix}.")
     return names
 
 
@@ -908,7 +912,9 @@ def fit_seg_head(
     if not any(m.numel() for m in labelled):
         raise ConfigError(f"every mask pixel in '{root}' is labelled {void} (ignore_index): "
                           "nothing to learn from.")
-    names = _dataset_classes(root, max(int(m.max()) for m in labelled if m.numel()))
+    top = max(int(m.max()) for m in labelled if m.numel())
+    where = next(it.stem for it, m in zip(items, labelled) if m.numel() and int(m.max()) == top)
+    names = _dataset_classes(root, top, where)
     train, test = _split(len(items), float(test_fraction), seed)
     weight, bias, history = _train_head(
         [items[i] for i in train], len(names), epochs=epochs, lr=float(lr), seed=seed,
