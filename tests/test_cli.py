@@ -452,6 +452,8 @@ def test_explain_a_network_value(capsys):
     out = run_ok(["explain", str(scene), "--layer", "backbone.block2.conv1", "--at", "3,10,12"],
                  capsys)
     assert "backbone.block2.conv1, output channel 3" in out and "sum of products" in out
+    assert ("in the 64 x 64 input image this value sees rows 16..25, cols 20..29 (receptive "
+            "field 10 x 10 px, stride 2" in out)
     line = run_error(["explain", str(scene), "--layer", "backbone.block1.relu1", "--at",
                       "0,0,0"], capsys)
     assert "is not a Conv2d" in line

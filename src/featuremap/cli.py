@@ -203,11 +203,15 @@ def explain(
 ) -> None:
     """Show the patch x kernel products whose sum is one value of a feature map."""
     target = _target(out, "", overwrite) if out is not None else None
+    seen = ""
     if layer is not None:
+        from featuremap.extraction import prepare_images
         from featuremap.value import explain as explain_network
 
         loaded = _load(model, weights)
-        e = explain_network(loaded, image, layer=layer, at=_ints(at, "at", (3,)))
+        batch, _, _ = prepare_images(image, loaded.preprocess)
+        e = explain_network(loaded, batch[:1], layer=layer, at=_ints(at, "at", (3,)))
+        seen = _image_region(loaded, layer, e.at[1:], tuple(batch.shape[2:]))
     else:
         from featuremap.toy import explain_value
 
@@ -217,10 +221,28 @@ def explain(
                           channels=channels, seed=seed, short_side=short_side,
                           max_pixels=max_pixels)
     typer.echo(str(e))
+    if seen:
+        typer.echo(seen)
     if target is not None:
         from featuremap.plot import plot_explanation, save_figure
 
         typer.echo(f"wrote {save_figure(plot_explanation(e), target)}")
+
+
+def _image_region(loaded, layer: str, at: tuple[int, int], size: tuple[int, int]) -> str:
+    """'in the image: rows .. cols ..' of one value's receptive field ('' where undefined)."""
+    from featuremap.receptive import receptive_field
+
+    try:
+        field = receptive_field(loaded, layer, position=at, input_size=size)
+    except FeaturemapError:
+        return ""
+    y0, x0, y1, x1 = field.clipped_box
+    extra = "; it also sees the whole image through global pooling" if (
+        field.global_context) else ""
+    return (f"in the {size[0]} x {size[1]} input image this value sees rows {y0}..{y1 - 1}, "
+            f"cols {x0}..{x1 - 1} (receptive field {field.size[0]} x {field.size[1]} px, "
+            f"stride {field.stride[0]:g}{extra}; 'featuremap rf' draws it)")
 
 
 def _print_listing(title: str, columns: tuple[str, str], rows) -> None:
