@@ -636,7 +636,7 @@ def probe(
 
     target = _target(out, "probes.safetensors", overwrite)  # before the work, not after
     loaded = _load(model, weights)
-    with Progress(console=_console(), transient=True) as bar:
+    with Progress(console=_console(), transient=True, disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task("images", total=None)
         result = probe_fn(loaded, data_dir, layers=[x for x in layers.split(",") if x],
                           test_fraction=test_fraction, seed=seed,
@@ -737,7 +737,7 @@ def fit_seg(
         raise ConfigError(f"--ignore-index must be a mask label (an integer >= 0) or 'none', "
                           f"got '{ignore_index}'.")
     loaded = _load(model, weights)
-    with Progress(console=_console(), transient=True) as bar:
+    with Progress(console=_console(), transient=True, disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task("fitting", total=None)
         result = fit_seg_head(loaded, data_dir, layers=[x for x in layers.split(",") if x],
                               epochs=epochs, seed=seed, test_fraction=test_fraction,
