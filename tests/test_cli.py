@@ -577,7 +577,7 @@ def test_fit_seg_ignore_index_option(tmp_path, capsys):
     Image.fromarray(mask).save(mask_path)
     out = run_ok(["fit-seg", str(data), "--layers", "backbone.block4", "--epochs", "1",
                   "--ignore-index", "200", "--out", str(tmp_path / "h.safetensors")], capsys)
-    assert "mIoU" in out
+    assert "mIoU" in out and "left out 64 pixels labelled 200" in out
     line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--epochs", "1",
                       "--ignore-index", "none", "--out", str(tmp_path / "h2.safetensors")],
                      capsys)

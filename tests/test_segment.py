@@ -202,6 +202,7 @@ def test_head_save_load_apply(fitted, shapes, seg_data, tmp_path):
     loaded = load_seg_head(path)
     assert isinstance(loaded, SegHeadResult) and torch.equal(loaded.weight, result.weight)
     assert loaded.per_class_iou == pytest.approx(result.per_class_iou, nan_ok=True)
+    assert (loaded.ignore_index, loaded.ignored_pixels) == (255, 0)
     image = str(seg_data / "images" / "scene_00000.png")
     seg = apply_seg_head(shapes, path, image)
     assert seg.labels.shape == (64, 64) and seg.names == list(SEGMENTATION_CLASSES)
@@ -343,5 +344,6 @@ def test_fit_leaves_out_void_pixels(shapes, tmp_path):
     result = fit_seg_head(shapes, root, layers="backbone.block1", epochs=2)
     assert len(result.class_names) == 8  # labels 0..7: 255 is no class
     assert int(result.confusion.sum()) == result.n_test * 64 * (64 - 5)
+    assert result.ignore_index == 255 and result.ignored_pixels == 8 * 64 * 5
     with pytest.raises(ConfigError, match="ignore_index must be"):
         fit_seg_head(shapes, root, layers="backbone.block1", epochs=1, ignore_index=-3)

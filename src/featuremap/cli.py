@@ -764,6 +764,9 @@ def _print_iou(result) -> None:
         table.add_row(name, "absent from test split" if math.isnan(iou) else f"{iou:.3f}")
     _console().print(table)
     typer.echo(f"mIoU {result.miou:.3f}, pixel accuracy {result.pixel_accuracy:.3f}")
+    if getattr(result, "ignored_pixels", 0):
+        typer.echo(f"left out {result.ignored_pixels:,} pixels labelled {result.ignore_index} "
+                   "(--ignore-index)")
 
 
 @app.command(epilog="Examples:\n\n  featuremap scenes shapes-data --n 140 --layout classes\n\n"

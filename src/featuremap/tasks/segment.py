@@ -419,6 +419,8 @@ class SegHeadResult:
         class_pixels: held-out pixels of each class (truth).
         history: mean training loss per epoch.
         seed, epochs, lr: how it was fitted.
+        ignore_index, ignored_pixels: the label left out, and how many pixels (both splits)
+            carried it.
     """
 
     weight: torch.Tensor = field(repr=False)
@@ -439,6 +441,8 @@ class SegHeadResult:
     seed: int = 0
     epochs: int = 0
     lr: float = 0.0
+    ignore_index: int | None = None
+    ignored_pixels: int = 0
 
     def head(self) -> nn.Conv2d:
         """The head as ``nn.Conv2d(C_total, K, 1)`` (on upsampled, concatenated raw maps)."""
@@ -487,6 +491,7 @@ class SegHeadResult:
             "confusion": self.confusion.tolist(), "n_train": self.n_train, "n_test": self.n_test,
             "skipped": self.skipped, "class_pixels": self.class_pixels, "history": self.history,
             "seed": self.seed, "epochs": self.epochs, "lr": self.lr,
+            "ignore_index": self.ignore_index, "ignored_pixels": self.ignored_pixels,
         }
 
 
@@ -526,7 +531,8 @@ def load_seg_head(path: str | os.PathLike[str]) -> SegHeadResult:
             np.asarray(meta["confusion"], np.int64), int(meta["n_train"]), int(meta["n_test"]),
             list(meta.get("skipped", [])), dict(meta.get("class_pixels", {})),
             list(meta.get("history", [])), int(meta.get("seed", 0)), int(meta.get("epochs", 0)),
-            float(meta.get("lr", 0.0)))
+            float(meta.get("lr", 0.0)), ignore_index=meta.get("ignore_index"),
+            ignored_pixels=int(meta.get("ignored_pixels", 0)))
     except Exception as exc:  # noqa: BLE001 - safetensors, json and key errors alike
         raise WeightsError(f"cannot read segmentation head '{target}' (with '{sidecar.name}'): "
                            f"{' '.join(str(exc).split())[:200] or type(exc).__name__}.") from None
@@ -925,4 +931,5 @@ def fit_seg_head(
         weight, bias, names, list(extractor.layers), [m.shape[1] for m in items[0].maps],
         extractor.name, iou, miou, accuracy, confusion, len(train), len(test), skipped,
         {n: int(c) for n, c in zip(names, confusion.sum(1))}, history, int(seed), epochs,
-        float(lr))
+        float(lr), ignore_index=None if void < 0 else void,
+        ignored_pixels=sum(int((it.mask == void).sum()) for it in items))
