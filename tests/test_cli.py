@@ -586,3 +586,12 @@ def test_fit_seg_ignore_index_option(tmp_path, capsys):
     line = run_error(["fit-seg", str(data), "--layers", "backbone.block4", "--ignore-index",
                       "abc"], capsys)
     assert "--ignore-index must be a mask label (an integer >= 0) or 'none'" in line
+
+
+def test_overview_and_show_name_each_layers_receptive_field(tmp_path, capsys):
+    scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"
+    out = run_ok(["overview", str(scene), "--out", str(tmp_path / "ov.png")], capsys)
+    assert "stride 1  field 3 px" in out and "stride 8  field 68 px" in out
+    out = run_ok(["show", str(scene), "--layer", "backbone.block2", "--out",
+                  str(tmp_path / "g.png")], capsys)
+    assert "stride 4, field 16 px; input 3 x 64 x 64" in out

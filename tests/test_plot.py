@@ -225,3 +225,16 @@ def test_a_small_receptive_field_gets_a_magnified_inset(rng):
     assert len(small.child_axes) == 1 and not large.child_axes
     inset = small.child_axes[0]
     assert inset.get_xlim()[1] - inset.get_xlim()[0] < 20  # about 5 box sides, not the image
+
+
+def test_overview_row_labels_carry_extra_lines():
+    import torch
+
+    from featuremap.extraction import extract
+    from featuremap.plot import plot_overview
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, stride=2))
+    fm = extract(net, torch.rand(1, 3, 16, 16), layers=["0", "1"])
+    fig = plot_overview(fm, per_layer=2, labels={"1": "field 5 px"})
+    texts = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert texts[-1].endswith("field 5 px") and not texts[0].endswith("px")

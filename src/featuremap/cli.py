@@ -474,8 +474,10 @@ def show(
         fig = plot_layer(fm, name, top=top or None, channels=chosen, shared_scale=shared_scale,
                          note=note)
     target = save_figure(fig, _target(out, "grid.png", overwrite))
+    label = _field_labels(loaded, fm).get(name)
     typer.echo(f"{loaded.name} {name} ({meta.type}): maps {_shape_text(meta.shape[1:])}"
                + (f", stride {meta.stride[0]:g}" if meta.stride else "")
+               + (f", {label}" if label else "")
                + f"; input {_shape_text(fm.input_shape[1:])}")
     typer.echo(f"wrote {target}")
 
@@ -502,12 +504,25 @@ def overview(
         loaded.module, input_size=_input_size(loaded))
     fm = extract(loaded, image, layers=names)
     _notes(fm)
-    fig = plot_overview(fm, per_layer=per_layer, note=f"weights: {loaded.weights}")
+    labels = _field_labels(loaded, fm)
+    fig = plot_overview(fm, per_layer=per_layer, note=f"weights: {loaded.weights}",
+                        labels=labels)
     target = save_figure(fig, _target(out, "overview.png", overwrite))
     for name, meta in fm.meta.items():
         typer.echo(f"{name:32s} {meta.type:18s} {_shape_text(meta.shape[1:]):>16s}"
-                   + (f"  stride {meta.stride[0]:g}" if meta.stride else ""))
+                   + (f"  stride {meta.stride[0]:g}" if meta.stride else "")
+                   + (f"  {labels[name]}" if labels.get(name) else ""))
     typer.echo(f"wrote {target}")
+
+
+def _field_labels(loaded, fm) -> dict[str, str]:
+    """'field 68 px' for every extracted layer, at the size the images ran at ({} untraceable)."""
+    from featuremap.receptive import field_labels
+
+    try:
+        return field_labels(loaded, fm.meta, input_size=tuple(fm.input_shape[-2:]))
+    except FeaturemapError:
+        return {}
 
 
 @app.command(epilog="Examples:\n\n  featuremap rf docs/scene.png --layer backbone.block2 --at 8,8"

@@ -165,7 +165,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
 
     from featuremap.extraction import extract, overview_layers
     from featuremap.layers import format_geometry, list_layers
-    from featuremap.receptive import format_field, receptive_fields
+    from featuremap.receptive import field_labels, format_field, receptive_fields
     from featuremap.shapes import CLASSES, make_scene
     from featuremap.zoo import load_model
 
@@ -177,16 +177,20 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
         "A network's feature maps, low to high",
         "The bundled network (a small CNN trained on generated scenes of shapes) applies the "
         "same operation layer after layer: early maps respond to edges and colours, later, "
-        "coarser maps to parts and whole shapes. Each row is one layer; its shape and cumulative "
-        "stride are written on the left.")
+        "coarser maps to parts and whole shapes. Each row is one layer; its shape, cumulative "
+        "stride and receptive field (the input pixels one value can depend on) are written on "
+        "the left.")
     fm = extract(model, scene.image, layers=layers)
-    report.figure(plot.plot_overview(fm, note=f"a generated scene: a {CLASSES[scene.label]}"),
+    report.figure(plot.plot_overview(fm, note=f"a generated scene: a {CLASSES[scene.label]}",
+                                     labels=field_labels(model, fm, input_size=size)),
                   f"The bundled network on a generated {size}x{size} scene whose main shape is a "
                   f"{CLASSES[scene.label]}.")
     bigger = dataclasses.replace(model, preprocess=dataclasses.replace(
         model.preprocess, resize=photo_size, crop=photo_size))
     fm = extract(bigger, image, layers=layers)
-    report.figure(plot.plot_overview(fm, note=f"the photo at {photo_size}x{photo_size}"),
+    report.figure(plot.plot_overview(fm, note=f"the photo at {photo_size}x{photo_size}",
+                                     labels=field_labels(bigger, fm,
+                                                         input_size=photo_size)),
                   "The same layers on the photo: the network never saw a photo in training, yet "
                   "its early layers still find edges and colour contrasts.")
     first, conv = next((n, m) for n, m in model.module.named_modules()

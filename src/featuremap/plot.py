@@ -318,11 +318,12 @@ def plot_layer(fm, layer: str, *, image: int = 0, top: int | None = 16,
 
 
 def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float = 1.25,
-                  note: str = "") -> Figure:
+                  note: str = "", labels: dict[str, str] | None = None) -> Figure:
     """One row per layer, low to high: the input, then each layer's strongest channels.
 
     Each map is drawn at the same display size, stretched to its own range; the row label gives
-    the layer's shape and stride, so the shrinking maps and growing depth are visible.
+    the layer's shape and stride (and ``labels[layer]``, e.g. its receptive field), so the
+    shrinking maps, the growing depth and the growing region behind each value are visible.
     """
     layers = [n for n in fm if fm[n].dim() == 4]
     if not layers:
@@ -335,15 +336,16 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
     for r, name in enumerate(layers):
         maps = _layer_maps(fm, name, image)
         chosen = select_channels(maps, top=per_layer)
+        meta = fm.meta[name]
+        row_label = "\n".join([name, " x ".join(map(str, maps.shape))]
+                              + ([f"stride {meta.stride[0]:g}"] if meta.stride else [])
+                              + ([labels[name]] if labels and labels.get(name) else []))
         if has_input:
             ax = fig.add_subplot(grid[r, 0])
             ax.imshow(np.clip(np.moveaxis(fm.images[image], 0, -1), 0, 1))
             ax.set_xticks([])
             ax.set_yticks([])
-            meta = fm.meta[name]
-            stride = f"\nstride {meta.stride[0]:g}" if meta.stride else ""
-            ax.set_ylabel(f"{name}\n{' x '.join(map(str, maps.shape))}{stride}", fontsize=7.5,
-                          rotation=0, ha="right", va="center")
+            ax.set_ylabel(row_label, fontsize=7.5, rotation=0, ha="right", va="center")
         for k, c in enumerate(chosen):
             ax = fig.add_subplot(grid[r, k + (1 if has_input else 0)])
             s = Scale.of(maps[c])
@@ -352,8 +354,7 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
             ax.set_yticks([])
             ax.set_title(f"ch {c}", fontsize=6.5, pad=1)
             if k == 0 and not has_input:
-                ax.set_ylabel(f"{name}\n{' x '.join(map(str, maps.shape))}", fontsize=7.5,
-                              rotation=0, ha="right", va="center")
+                ax.set_ylabel(row_label, fontsize=7.5, rotation=0, ha="right", va="center")
     extra = f"; {note}" if note else ""
     fig.suptitle(_wrap(f"{fm.model_name}: feature maps from low to high layers (strongest "
                        f"{per_layer} channels per layer, each on its own scale{extra})".strip(),

@@ -36,7 +36,8 @@ from torch import nn
 from featuremap.errors import ConfigError, did_not_run
 from featuremap.layers import _in_channels, resolve_layers
 
-__all__ = ["ReceptiveField", "empirical_receptive_field", "format_field",
+__all__ = ["ReceptiveField", "empirical_receptive_field", "field_label", "field_labels",
+           "format_field",
            "receptive_field", "receptive_fields"]
 
 @dataclass(frozen=True)
@@ -411,6 +412,24 @@ def format_field(field: ReceptiveField | str | None, cumulative: float | None = 
     stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
     size = "x".join(dict.fromkeys(str(s) for s in field.size))
     return stride, size + ("*" if field.global_context else "")
+
+
+def field_label(field: ReceptiveField | str | None) -> str:
+    """A short label for pictures and listings: ``'field 16 px'``, ``'field 7 px + global'``,
+    ``'field: whole image'``, or ``''`` where undefined."""
+    if field == GLOBAL:
+        return "field: whole image"
+    if not isinstance(field, ReceptiveField):
+        return ""
+    size = "x".join(dict.fromkeys(str(s) for s in field.size))
+    return f"field {size} px" + (" + global" if field.global_context else "")
+
+
+def field_labels(model: Any, layers: Any, *, input_size: int | tuple[int, int] = 224
+                 ) -> dict[str, str]:
+    """:func:`field_label` of each of ``layers`` (names), from one trace."""
+    fields = receptive_fields(model, input_size=input_size)
+    return {name: field_label(fields.get(name)) for name in layers}
 
 
 def receptive_fields(model: Any, *, input_size: int | tuple[int, int] = 224
