@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from featuremap.cli import main
-from featuremap.errors import ConfigError
 
 
 def run(argv, capsys):
@@ -521,8 +520,8 @@ def test_rf_without_a_trace_falls_back_to_the_gradient(tmp_path, capsys, monkeyp
     import featuremap.receptive as receptive
 
     def untraceable(*_args, **_kwargs):
-        raise ConfigError("ShapesNet cannot be traced for an analytic receptive field "
-                          "(TraceError); use empirical_receptive_field.")
+        raise receptive.UntraceableError("ShapesNet cannot be traced for an analytic receptive "
+                                         "field (TraceError); use empirical_receptive_field.")
 
     monkeypatch.setattr(receptive, "receptive_field", untraceable)
     scene = Path(__file__).resolve().parents[1] / "docs" / "scene.png"

@@ -544,7 +544,11 @@ def rf(
     """The receptive field of one position: the analytic box and the gradient's heatmap."""
     from featuremap.extraction import prepare_images
     from featuremap.plot import plot_receptive_field, save_figure
-    from featuremap.receptive import empirical_receptive_field, receptive_field
+    from featuremap.receptive import (
+        UntraceableError,
+        empirical_receptive_field,
+        receptive_field,
+    )
 
     y, x = _ints(at, "at", (2,))
     target = _target(out, "rf.png", overwrite)
@@ -556,9 +560,7 @@ def rf(
     of = "all channels" if channel is None else f"channel {channel}"
     try:
         field = receptive_field(loaded, layer, position=(y, x), input_size=size)
-    except ConfigError as err:
-        if "cannot be traced" not in str(err):
-            raise
+    except UntraceableError as err:
         typer.echo(f"note: no analytic field ({err}); the box drawn is the gradient's support",
                    err=True)
         field = None

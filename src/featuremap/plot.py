@@ -660,8 +660,8 @@ def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, 
 
 # --------------------------------------------------------------------- one value explained
 def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
-               fontsize: float, factor: float = 1.0) -> object:
-    """One small heatmap of an explanation: every number written in its cell when it fits."""
+               texts: list[list[str]] | None, fontsize: float) -> object:
+    """One small heatmap of an explanation, ``texts`` (when given) written in its cells."""
     from matplotlib.patches import Rectangle
 
     shown = ax.imshow(values, cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax,
@@ -671,8 +671,7 @@ def _grid_cell(ax, values: np.ndarray, scale: Scale, padded: np.ndarray | None,
         for r, c in zip(*np.nonzero(padded)):
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
                                    edgecolor="#888888", lw=0))
-    if fontsize:  # every number written in its cell
-        texts = _cell_texts(values, factor)
+    if texts:
         span = (scale.vmax - scale.vmin) or 1.0
         for r in range(kh):
             for c in range(kw):
@@ -744,13 +743,14 @@ def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
     for col, ((label, values), scale) in enumerate(zip(parts, scales)):
         axes = []
         factor = _column_factor(values) if annotate else 1.0
+        texts = [_cell_texts(m, factor) for m in values] if annotate else None
         # one font size for the column: the longest number fits its cell (annotate: inches)
-        longest = max(len(t) for m in values for row in _cell_texts(m, factor) for t in row)
-        size = min(7.0, annotate * 72 / (0.62 * longest + 0.8)) if annotate else 0.0
+        longest = max(len(t) for m in texts for row in m for t in row) if texts else 1
+        size = min(7.0, annotate * 72 / (0.62 * longest + 0.8))
         for row, k in enumerate(order):
             ax = fig.add_subplot(grid[row + (1 if many else 0), col])
-            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None, size,
-                               factor)
+            shown = _grid_cell(ax, values[row], scale, e.padded if col == 0 else None,
+                               texts[row] if texts else None, size)
             axes.append(ax)
             if row == 0:
                 ax.set_title(label + _unit(factor), fontsize=9)

@@ -34,11 +34,23 @@ import torch
 from torch import nn
 
 from featuremap.errors import ConfigError, did_not_run
+from featuremap.extraction import _device_of
 from featuremap.layers import _in_channels, resolve_layers
 
-__all__ = ["ReceptiveField", "empirical_receptive_field", "field_label", "field_labels",
-           "format_field",
-           "receptive_field", "receptive_fields"]
+__all__ = [
+    "ReceptiveField",
+    "UntraceableError",
+    "empirical_receptive_field",
+    "field_label",
+    "field_labels",
+    "format_field",
+    "receptive_field",
+    "receptive_fields",
+]
+
+class UntraceableError(ConfigError):
+    """torch.fx cannot trace the model: only the empirical (gradient) field is available."""
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -206,7 +218,7 @@ def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> 
     field = _Field(first.dims, first.sizes, (union[0], union[1]), glob, first.rank)
     out = _shape(node)
     if name in _KERNEL_OPS:
-        if field.dims != (len(out) - 2, len(out) - 1) if out else True:
+        if out is None or field.dims != (len(out) - 2, len(out) - 1):  # not an (N, C, H, W) map
             return None
         return _Field(field.dims, out[-2:], _grow(field.axes, _kernel_geometry(
             node, name, modules)), glob, len(out))
@@ -299,7 +311,7 @@ def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
         with _eval_no_grad(model):  # trace the inference branches (no auxiliary heads)
             graph = _symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means the same to the user
-        raise ConfigError(f"{type(model).__name__} cannot be traced for an analytic receptive "
+        raise UntraceableError(f"{type(model).__name__} cannot be traced for an analytic receptive "
                           f"field ({type(err).__name__}); use empirical_receptive_field.") from None
     shape = (1, _in_channels(model), *input_size)
     try:  # ShapeProp prints a traceback of its own on failure: keep it off the terminal
@@ -410,8 +422,12 @@ def format_field(field: ReceptiveField | str | None, cumulative: float | None = 
     if not isinstance(field, ReceptiveField):
         return (f"{cumulative:g}" if cumulative else ""), ""
     stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
-    size = "x".join(dict.fromkeys(str(s) for s in field.size))
-    return stride, size + ("*" if field.global_context else "")
+    return stride, _size_text(field) + ("*" if field.global_context else "")
+
+
+def _size_text(field: ReceptiveField) -> str:
+    """'16' for a square field, '16x9' otherwise."""
+    return "x".join(dict.fromkeys(str(s) for s in field.size))
 
 
 def field_label(field: ReceptiveField | str | None) -> str:
@@ -421,8 +437,7 @@ def field_label(field: ReceptiveField | str | None) -> str:
         return "field: whole image"
     if not isinstance(field, ReceptiveField):
         return ""
-    size = "x".join(dict.fromkeys(str(s) for s in field.size))
-    return f"field {size} px" + (" + global" if field.global_context else "")
+    return f"field {_size_text(field)} px" + (" + global" if field.global_context else "")
 
 
 def field_labels(model: Any, layers: Any, *, input_size: int | tuple[int, int] = 224
@@ -461,10 +476,8 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     module = getattr(model, "module", model)
     name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
     x = (image if image is not None else torch.randn(1, _in_channels(module), h, w))
-    x = x.to(device).clone().requires_grad_(True)
+    x = x.to(_device_of(module)).clone().requires_grad_(True)
     seen: dict[str, torch.Tensor] = {}
     handle = dict(module.named_modules())[name].register_forward_hook(
         lambda _m, _i, out: seen.setdefault("out", out))

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featuremap.errors import ConfigError, FeaturemapError
+from featuremap.errors import ConfigError, FeaturemapError, did_not_run
 from featuremap.extraction import Extractor, overview_layers, prepare_images
 from featuremap.layers import resolve_layers
 from featuremap.zoo import Model, load_model
@@ -339,8 +339,8 @@ def _not_convolutional(m: Model, name: str, found: str) -> ConfigError:
 
 
 def _did_not_run(m: Model, name: str) -> ConfigError:
-    return ConfigError(f"layer '{name}' did not run in the forward pass of {_label(m)}: pick a "
-                       f"layer the classifier uses, e.g. '{_suggest(m)}'.")
+    return ConfigError(f"{did_not_run([name], _label(m))} Pick a layer the classifier uses, "
+                       f"e.g. '{_suggest(m)}'.")
 
 
 def _tapped_forward(m: Model, name: str, batch: torch.Tensor) -> tuple[torch.Tensor, Any]:
