@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from featuremap.shapenet import bundled
-from featuremap.train import evaluate_shapes
+from featuremap.bundled.network import bundled
+from featuremap.bundled.train import evaluate_shapes
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from featuremap.errors import ConfigError, UnknownNameError
-from featuremap.extraction import extract, prepare_images
-from featuremap.shapes import CLASSES, make_scene, save_dataset
-from featuremap.tasks.classify import (
-    CamResult,
-    Classification,
-    cam,
-    classify,
-    default_cam_layer,
-    grad_cam,
-    probe,
-)
+from featuremap.extraction import extract
+from featuremap.bundled.scenes import CLASSES, make_scene, save_dataset
+from featuremap.tasks.cam import CamResult, cam, default_cam_layer, grad_cam
+from featuremap.tasks.probe import probe
+from featuremap.tasks.topk import Classification, classify
 from featuremap.zoo import load_model
 
 FRESH = 50_000  # scene seeds far from the ones the bundled model was trained or evaluated on
@@ -93,7 +87,7 @@ def test_classify_shapes_top1_is_the_scene_label(shapes, scenes):
 
 def test_classify_values_are_softmax_of_the_model_output(shapes, scenes):
     result = classify(shapes, scenes[0].image, top=7)
-    batch, _, _ = prepare_images(scenes[0].image, shapes.preprocess)
+    batch = shapes.prepare(scenes[0].image).batch
     with torch.no_grad():
         expected = torch.softmax(shapes.module(batch)[0], 0)
     for index, _, p in result.top:
@@ -123,9 +117,14 @@ def test_classify_top_is_clamped_or_refused(shapes, scenes):
 
 def test_classify_wraps_a_plain_module(scenes):
     net = TinyNet()
-    result = classify(net, torch.zeros(1, 3, 16, 16), top=2)
+    x = torch.randn(1, 3, 16, 16)
+    result = classify(net, x, top=2)
     assert result.model_name == "TinyNet" and result.top[0][1].startswith("class ")
-    assert not net.training
+    # classified in eval mode (said so), and the module's own mode given back
+    assert net.training and any("training mode" in n for n in result.notes)
+    with torch.no_grad():
+        expected = net.eval()(x)[0]
+    torch.testing.assert_close(result.logits, expected)
 
 
 def test_no_classifier_is_a_one_line_config_error(scenes):
@@ -244,7 +243,7 @@ def test_cam_equals_shapesnet_cam(shapes, scenes):
     for scene in scenes[:5]:
         result = cam(shapes, scene.image)
         assert result.layer == "backbone.block4" and result.method == "cam"
-        batch, _, _ = prepare_images(scene.image, shapes.preprocess)
+        batch = shapes.prepare(scene.image).batch
         with torch.no_grad():
             expected = shapes.module.cam(batch)[0]
         np.testing.assert_allclose(result.heatmap, expected.numpy(), rtol=1e-5, atol=1e-5)
@@ -254,7 +253,7 @@ def test_cam_equals_shapesnet_cam(shapes, scenes):
         g = grad_cam(shapes, scene.image, layer="backbone.block4")
         np.testing.assert_allclose(g.heatmap, np.maximum(result.heatmap, 0) / 64, atol=1e-5)
     other = cam(shapes, scenes[0].image, class_index=0)  # a class that is not the prediction
-    batch, _, _ = prepare_images(scenes[0].image, shapes.preprocess)
+    batch = shapes.prepare(scenes[0].image).batch
     with torch.no_grad():
         expected = shapes.module.cam(batch, 0)[0]
     np.testing.assert_allclose(other.heatmap, expected.numpy(), rtol=1e-5, atol=1e-5)
@@ -285,7 +284,7 @@ def test_cam_peak_falls_on_the_object(shapes, scenes):
     the peak pixel of the upsampled map lies inside the main object's mask in >= 90% of images.
 
     Also checked: the peak cell of the 8x8 map touches the object (chance: about 26%). The
-    recipe's CAM term (featuremap.train._cam_loss) is what makes rings and crescents peak on
+    recipe's CAM term (featuremap.bundled.train._cam_loss) is what makes rings and crescents peak on
     themselves rather than in their hole or bite.
     """
     strict = {"cam": 0, "grad-cam": 0}

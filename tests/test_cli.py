@@ -355,7 +355,7 @@ def test_classify_bad_inputs(tmp_path, capsys):
 
 
 def test_probe_on_generated_classes(tmp_path, capsys):
-    from featuremap.shapes import save_dataset
+    from featuremap.bundled.scenes import save_dataset
 
     data = tmp_path / "data"
     save_dataset(data, 60, seed=3, layout="classes")
@@ -401,7 +401,7 @@ def test_segment_bad_inputs(photo, capsys):
 
 
 def test_fit_seg_and_apply_head(tmp_path, capsys):
-    from featuremap.shapes import save_dataset
+    from featuremap.bundled.scenes import save_dataset
 
     data = tmp_path / "scenes"
     save_dataset(data, 40, seed=5, layout="segmentation")
@@ -418,7 +418,7 @@ def test_fit_seg_and_apply_head(tmp_path, capsys):
 
 
 def test_fit_seg_mismatched_masks(tmp_path, capsys):
-    from featuremap.shapes import save_dataset
+    from featuremap.bundled.scenes import save_dataset
 
     data = tmp_path / "scenes"
     save_dataset(data, 8, seed=5, layout="segmentation")
@@ -566,7 +566,7 @@ def test_rf_one_channel(tmp_path, capsys):
 
 
 def test_fit_seg_ignore_index_option(tmp_path, capsys):
-    from featuremap.shapes import save_dataset
+    from featuremap.bundled.scenes import save_dataset
 
     data = tmp_path / "scenes"
     save_dataset(data, 6, seed=5, layout="segmentation")

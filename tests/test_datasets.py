@@ -24,8 +24,8 @@ from featuremap.datasets import (
     read_mask,
 )
 from featuremap.errors import ConfigError, ImageError, UnknownNameError
-from featuremap.images import Preprocess
-from featuremap.shapes import CLASSES, save_dataset
+from featuremap.preprocess import Preprocess
+from featuremap.bundled.scenes import CLASSES, save_dataset
 
 
 def png(path: Path, size: tuple[int, int] = (8, 8), value: int = 0, mode: str = "RGB") -> Path:

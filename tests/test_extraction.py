@@ -193,7 +193,7 @@ def test_retain_memory_tunes_glibc_and_extraction_still_exact():
 
 
 def test_overview_layers_are_stage_ends():
-    from featuremap.extraction import overview_layers
+    from featuremap.summary import overview_layers
 
     names = overview_layers(torchvision.models.resnet18(), input_size=64)
     assert names == ["conv1", "relu", "layer1", "layer2", "layer3", "layer4"]

@@ -487,7 +487,7 @@ def test_preprocess_matches_torchvision_normalise_and_crop():
     import torch
     from torchvision.transforms import v2
 
-    from featuremap.images import Preprocess
+    from featuremap.preprocess import Preprocess
 
     rng = np.random.default_rng(3)
     image = rng.random((3, 40, 50), dtype=np.float32)
@@ -499,7 +499,7 @@ def test_preprocess_matches_torchvision_normalise_and_crop():
 
 
 def test_preprocess_resize_crop_and_channels():
-    from featuremap.images import Preprocess
+    from featuremap.preprocess import Preprocess
 
     assert Preprocess(resize=64, crop=56)("sample:chelsea").shape == (3, 56, 56)
     assert Preprocess(resize=32, crop=None)("sample:coffee").shape == (3, 32, 48)
@@ -512,7 +512,7 @@ def test_preprocess_resize_crop_and_channels():
 
 
 def test_center_crop_pads_small_images():
-    from featuremap.images import center_crop
+    from featuremap.preprocess import center_crop
 
     small = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
     assert center_crop(small, 4).shape == (1, 4, 4)

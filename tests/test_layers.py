@@ -9,7 +9,8 @@ from torch import nn  # noqa: E402
 from torchvision.models import resnet18, squeezenet1_1  # noqa: E402
 
 from featuremap.errors import ConfigError, FeaturemapError, UnknownNameError  # noqa: E402
-from featuremap.layers import LayerInfo, list_layers, resolve_layers  # noqa: E402
+from featuremap.layers import LayerInfo, resolve_layers  # noqa: E402
+from featuremap.summary import list_layers  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from featuremap.errors import ConfigError
-from featuremap.receptive import empirical_receptive_field, receptive_field, receptive_fields
+from featuremap.effective import empirical_receptive_field
+from featuremap.receptive import receptive_field, receptive_fields
 
 
 @st.composite

@@ -13,18 +13,12 @@ from torch import nn
 
 from featuremap.errors import ConfigError, UnknownNameError, WeightsError
 from featuremap.plot import plot_segmentation, save_figure
-from featuremap.shapenet import SEGMENTATION_CLASSES
-from featuremap.shapes import make_scene, save_dataset
-from featuremap.tasks.segment import (
-    SegHeadResult,
-    _pixel_features,
-    _scores,
-    apply_seg_head,
-    cluster_segments,
-    fit_seg_head,
-    load_seg_head,
-    segment,
-)
+from featuremap.bundled.network import SEGMENTATION_CLASSES
+from featuremap.bundled.scenes import make_scene, save_dataset
+from featuremap.tasks.clusters import _pixel_features, cluster_segments
+from featuremap.tasks.segfit import _scores, fit_seg_head
+from featuremap.tasks.seghead import SegHeadResult, apply_seg_head, load_seg_head
+from featuremap.tasks.segnets import segment
 from featuremap.zoo import load_model
 
 BLOCKS = [f"backbone.block{i}" for i in range(1, 5)]

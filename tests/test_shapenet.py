@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from featuremap.errors import ConfigError
-from featuremap.shapenet import (
+from featuremap.bundled.network import (
     CATEGORIES,
     SEGMENTATION_CLASSES,
     ShapesNet,
@@ -15,7 +15,7 @@ from featuremap.shapenet import (
     normalize,
     weights_path,
 )
-from featuremap.shapes import CLASSES, make_dataset
+from featuremap.bundled.scenes import CLASSES, make_dataset
 
 
 @pytest.fixture(scope="module")

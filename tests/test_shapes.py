@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from featuremap.errors import ConfigError, FeaturemapError
-from featuremap.shapes import (
+from featuremap.bundled.scenes import (
     CLASSES,
     make_dataset,
     make_scene,

@@ -10,9 +10,11 @@ import torch
 import torchvision
 
 from featuremap.errors import ConfigError
-from featuremap.shapes import make_scene
-from featuremap.tasks.classify import classify, grad_cam
-from featuremap.tasks.segment import cluster_segments, segment
+from featuremap.bundled.scenes import make_scene
+from featuremap.tasks.cam import grad_cam
+from featuremap.tasks.clusters import cluster_segments
+from featuremap.tasks.segnets import segment
+from featuremap.tasks.topk import classify
 from featuremap.tasks.shared import analyse
 from featuremap.zoo import load_model
 

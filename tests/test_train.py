@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from featuremap.errors import ConfigError
-from featuremap.shapenet import ShapesNet, bundled
-from featuremap.shapes import CLASSES
-from featuremap.train import (
+from featuremap.bundled.network import ShapesNet, bundled
+from featuremap.bundled.scenes import CLASSES
+from featuremap.bundled.train import (
     RECIPE,
     evaluate_shapes,
     save_bundled,

@@ -23,7 +23,7 @@ from featuremap.errors import (  # noqa: E402
     UnknownNameError,
     WeightsError,
 )
-from featuremap.images import Preprocess  # noqa: E402
+from featuremap.preprocess import Preprocess  # noqa: E402
 from featuremap.zoo import RANDOM_NOTE, Model, list_models, load_model  # noqa: E402
 
 
@@ -217,7 +217,7 @@ def test_folder_objects_and_no_state_dict(tmp_path: Path) -> None:
         load_model("resnet18", weights=tmp_path)
     torch.save({"fc.weight": torch.zeros(2), "extra": Preprocess()}, tmp_path / "objects.pth")
     with pytest.raises(WeightsError, match=r"holds Python objects besides tensors "
-                                           r"\(featuremap\.images\.Preprocess\)"):
+                                           r"\(featuremap\.preprocess\.Preprocess\)"):
         load_model("resnet18", weights=tmp_path / "objects.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="holds no state dict"):
@@ -355,14 +355,17 @@ def test_timm_with_a_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_shapes_meta_with_a_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wrapping of featuremap.shapenet.bundled(); the real model is tested elsewhere."""
+    """The wrapping of featuremap.bundled.network.bundled(); the real model is tested elsewhere."""
     module = nn.Sequential(nn.Conv2d(3, 2, 3))
     meta = {"categories": ["circle", "square"], "input_size": 64, "mean": [0.5] * 3,
             "std": [0.2] * 3}
-    fake = types.ModuleType("featuremap.shapenet")
+    fake = types.ModuleType("featuremap.bundled.network")
     fake.bundled = lambda: (module, meta)
-    monkeypatch.setitem(sys.modules, "featuremap.shapenet", fake)
-    monkeypatch.setattr(featuremap, "shapenet", fake, raising=False)
+    fake.segmentation_head = lambda _module: None
+    import featuremap.bundled
+
+    monkeypatch.setitem(sys.modules, "featuremap.bundled.network", fake)
+    monkeypatch.setattr(featuremap.bundled, "network", fake, raising=False)
     model = load_model("shapes")
     assert model.module is module and model.categories == ("circle", "square")
     assert model.preprocess == Preprocess(resize=64, crop=64, mean=(0.5,) * 3, std=(0.2,) * 3)

@@ -26,7 +26,9 @@ _EXPORTS = {
     "plot_comparison": "featuremap.plot",
     "load_model": "featuremap.zoo",
     "list_models": "featuremap.zoo",
-    "list_layers": "featuremap.layers",
+    "list_layers": "featuremap.summary",
+    "Model": "featuremap.model",
+    "open_collection": "featuremap.datasets",
     "extract": "featuremap.extraction",
     "FeatureMaps": "featuremap.extraction",
     "Extractor": "featuremap.extraction",
@@ -38,6 +40,7 @@ __all__ = [
     "Extractor",
     "FeatureMaps",
     "FeaturemapError",
+    "Model",
     "__version__",
     "compute_maps",
     "conv2d",
@@ -51,6 +54,7 @@ __all__ = [
     "list_samples",
     "load_image",
     "load_model",
+    "open_collection",
     "output_size",
     "plot_comparison",
     "plot_maps",
@@ -60,12 +64,14 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
     from featuremap.conv import conv2d
+    from featuremap.datasets import open_collection
     from featuremap.extraction import Extractor, FeatureMaps, extract
     from featuremap.filters import filter_bank
     from featuremap.images import list_samples, load_image
-    from featuremap.layers import list_layers
+    from featuremap.model import Model
     from featuremap.plot import plot_comparison, plot_maps
     from featuremap.receptive import receptive_field
+    from featuremap.summary import list_layers
     from featuremap.toy import compute_maps, explain_value
     from featuremap.value import explain
     from featuremap.zoo import list_models, load_model

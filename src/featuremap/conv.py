@@ -284,9 +284,21 @@ class Explanation:
     settings: dict = field(default_factory=dict)
     channel_names: tuple[str, ...] = ()
     map_name: str = ""
+    context: tuple[str, ...] = ()  # lines printed last: where the value sits in a network
 
     def __str__(self) -> str:
         return format_explanation(self)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: position, settings, patch, kernel, products (nested lists), sums."""
+        settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.settings.items()}
+        return {"at": list(self.at), "map_name": self.map_name, "channels": list(self.channels),
+                "channel_names": list(self.channel_names), "rows": list(self.rows),
+                "cols": list(self.cols), "patch": self.patch.tolist(),
+                "padded": self.padded.tolist(), "kernel": self.kernel.tolist(),
+                "products": self.products.tolist(), "contributions":
+                self.contributions().tolist(), "bias": self.bias, "value": self.value,
+                "settings": settings, "context": list(self.context)}
 
     def contributions(self) -> np.ndarray:
         """``(C_g,)`` float64: the sum of products of each input channel."""
@@ -438,4 +450,4 @@ def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
     tail = [f"\nthe other {len(rest)} channels: products sum to {sums[rest].sum():.6g}"] \
         if rest else []
     tail.append(f"\nsum of products {total:.6g} + bias {e.bias:.6g} = {e.value:.6g}")
-    return "\n".join(head + body + tail)
+    return "\n".join(head + body + tail + list(e.context))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from featuremap import plot
 from featuremap.report import Report
@@ -94,19 +95,20 @@ RF_LAYERS = (("early", "backbone.block1.conv1"), ("middle", "backbone.block2"),
              ("late", "backbone.block4"))
 
 
-def _receptive(report: Report, image, *, photo_size: int) -> None:
+def _receptive(report: Report, image, *, photo_size: int, device=None) -> None:
     """One value in an early, a middle and a late layer, and how its input region grows."""
     import dataclasses
 
-    from featuremap.extraction import prepare_images
-    from featuremap.layers import list_layers
-    from featuremap.receptive import empirical_receptive_field, receptive_field, receptive_fields
+    from featuremap.effective import empirical_receptive_field
+    from featuremap.receptive import receptive_field, receptive_fields
+    from featuremap.summary import list_layers
     from featuremap.zoo import load_model
 
-    model = load_model("shapes")
+    model = load_model("shapes", device=device)
     model = dataclasses.replace(model, preprocess=dataclasses.replace(
-        model.preprocess, resize=photo_size, crop=photo_size))
-    batch, raw, _ = prepare_images(image, model.preprocess)
+        model.preprocess, resize=photo_size, crop=photo_size), _stages={})
+    prepared = model.prepare(image)
+    batch, raw = prepared.batch, prepared.images
     size = tuple(batch.shape[2:])
     fields = receptive_fields(model, input_size=size)
     infos = {i.name: i for i in list_layers(model.module, input_size=size)}
@@ -157,19 +159,20 @@ def _growth_rows(infos, fields) -> list[tuple]:
     return rows
 
 
-def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
+def _network(report: Report, image, *, scene_seed: int, photo_size: int, device=None) -> None:
     """The bundled network's maps, low to high, on a generated scene and on the photo."""
     import dataclasses
 
     import torch
 
-    from featuremap.extraction import extract, overview_layers
-    from featuremap.layers import format_geometry, list_layers
+    from featuremap.bundled.scenes import CLASSES, make_scene
+    from featuremap.extraction import extract
+    from featuremap.layers import format_geometry
     from featuremap.receptive import field_labels, format_field, receptive_fields
-    from featuremap.shapes import CLASSES, make_scene
+    from featuremap.summary import list_layers, overview_layers
     from featuremap.zoo import load_model
 
-    model = load_model("shapes")
+    model = load_model("shapes", device=device)
     size = model.preprocess.crop or 64
     layers = overview_layers(model.module, input_size=size)
     scene = make_scene(scene_seed, size=size)
@@ -186,7 +189,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
                   f"The bundled network on a generated {size}x{size} scene whose main shape is a "
                   f"{CLASSES[scene.label]}.")
     bigger = dataclasses.replace(model, preprocess=dataclasses.replace(
-        model.preprocess, resize=photo_size, crop=photo_size))
+        model.preprocess, resize=photo_size, crop=photo_size), _stages={})
     fm = extract(bigger, image, layers=layers)
     report.figure(plot.plot_overview(fm, note=f"the photo at {photo_size}x{photo_size}",
                                      labels=field_labels(bigger, fm,
@@ -213,16 +216,16 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int) -> None
                  "on (see the next section).")
 
 
-def _uses(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
+def _uses(report: Report, image, *, scene_seed: int, photo_size: int, device=None) -> None:
     """Recognition and segmentation, both fed by one backbone pass (feature sharing)."""
     import dataclasses
 
-    from featuremap.shapes import CLASSES, make_scene
-    from featuremap.tasks.segment import cluster_segments
+    from featuremap.bundled.scenes import CLASSES, make_scene
+    from featuremap.tasks.clusters import cluster_segments
     from featuremap.tasks.shared import analyse
     from featuremap.zoo import load_model
 
-    model = load_model("shapes")
+    model = load_model("shapes", device=device)
     scene = make_scene(scene_seed, size=model.preprocess.crop or 64)
     shared = analyse(model, scene.image, top=3)
     report.section(
@@ -246,7 +249,7 @@ def _uses(report: Report, image, *, scene_seed: int, photo_size: int) -> None:
                   "The bundled segmentation head, fed by the same backbone pass, against the "
                   "scene's true mask.")
     bigger = dataclasses.replace(model, preprocess=dataclasses.replace(
-        model.preprocess, resize=photo_size, crop=photo_size))
+        model.preprocess, resize=photo_size, crop=photo_size), _stages={})
     clusters = cluster_segments(bigger, image, layers=["backbone.block1", "backbone.block2"],
                                 k=4)
     report.figure(plot.plot_segmentation(clusters, title="k-means of feature maps, k = 4"),
@@ -261,6 +264,7 @@ def build_demo(
     short_side: int = 256,
     scene_seed: int = 7,
     photo_size: int = 160,
+    device: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the demo report for ``image`` to ``out`` and return its path.
@@ -279,10 +283,10 @@ def build_demo(
     say("one value explained")
     _explain(report, image, short_side, maps)
     say("the bundled network")
-    _network(report, image, scene_seed=scene_seed, photo_size=photo_size)
+    _network(report, image, scene_seed=scene_seed, photo_size=photo_size, device=device)
     say("receptive fields")
-    _receptive(report, image, photo_size=photo_size)
+    _receptive(report, image, photo_size=photo_size, device=device)
     say("recognition and segmentation")
-    _uses(report, image, scene_seed=scene_seed, photo_size=photo_size)
+    _uses(report, image, scene_seed=scene_seed, photo_size=photo_size, device=device)
     report.text(f"Built in {time.perf_counter() - start:.1f} s.")
     return report.save(out)

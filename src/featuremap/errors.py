@@ -7,16 +7,20 @@ what was asked, what was found, and how to fix it. The CLI prints it as one line
 from __future__ import annotations
 
 import difflib
+import os
+import unicodedata
 from collections.abc import Iterable
 
 __all__ = [
     "FeaturemapError",
     "ConfigError",
+    "DidNotRunError",
     "ImageError",
     "ModelError",
     "UnknownNameError",
     "WeightsError",
     "did_you_mean",
+    "printable",
     "unknown_name",
 ]
 
@@ -72,9 +76,54 @@ def unknown_name(
     return UnknownNameError(message, suggestions=suggestions)
 
 
+class DidNotRunError(ConfigError):
+    """Requested layers that the forward pass never called."""
+
+
 def did_not_run(layers: Iterable[str], model: str) -> ConfigError:
     """The error for requested layers that the forward pass of ``model`` never called."""
     names = ", ".join(f"'{n}'" for n in layers)
-    return ConfigError(f"layer {names} did not run in the forward pass of {model} on this input "
+    return DidNotRunError(f"layer {names} did not run in the forward pass of {model} on this input "
                        "(a branch the forward pass skips: an auxiliary or training-only head, or "
                        "one only another method calls, such as the bundled model's segmenter).")
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\x1b``, ``\\n``).
+
+    Escaped: C0/C1 controls (ESC, newline, tab, DEL, ...), line and paragraph separators, the
+    bidirectional overrides (which reorder what a terminal shows), and the bytes that are not
+    UTF-8 in a file name (``os.fsdecode`` keeps them as lone surrogates, which cannot even be
+    printed): shown as ``\\xff``. Everything else, accents and other scripts included, is kept.
+
+    Args:
+        text: a file name, a path or a message holding one.
+
+    Returns:
+        A string that is safe to print on one terminal line.
+
+    Example:
+        >>> printable("red\\x1b[31m\\nname.png")
+        'red\\\\x1b[31m\\\\nname.png'
+    """
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it
+        return f"\\x{code - 0xDC00:02x}"
+    if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+        if code < 0x100:
+            return f"\\x{code:02x}"
+        return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return ch

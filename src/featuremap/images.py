@@ -21,7 +21,6 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from featuremap.errors import ImageError, unknown_name
 
 __all__ = [
+    "LUMA",
     "MODES",
-    "Preprocess",
-    "center_crop",
+    "is_grey",
     "list_samples",
     "load_image",
+    "resize_short_side",
     "sample_path",
     "to_uint8_hwc",
 ]
@@ -49,10 +49,10 @@ _SAMPLES_HINT = "Run 'featuremap samples' to list them."
 _LIMIT_FIX = (
     "If you trust the file, raise the limit (max_pixels= in Python, --max-pixels in the CLI)."
 )
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # Pillow raises many kinds of exception on damaged files; all of them mean "cannot decode".
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
     struct.error, zlib.error,
 )
@@ -206,7 +206,7 @@ def load_image(
         pixels = _composite_on_white(pixels, alpha)
     image = _to_layout(pixels, mode)
     if short_side is not None:
-        image = _resize_short_side(image, short_side, max_pixels)
+        image = resize_short_side(image, short_side, max_pixels)
     return image
 
 
@@ -356,7 +356,7 @@ def _read_pil(
         raise ImageError(f"{label} is too large to load safely: {exc} {_LIMIT_FIX}") from None
     except UnidentifiedImageError:
         raise ImageError(_not_an_image(fp, label)) from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageError(
             f"Cannot decode {_lower_first(label)}: it is truncated or corrupt ({detail}). "
@@ -509,7 +509,7 @@ def _composite_on_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _to_layout(pixels: np.ndarray, mode: str) -> np.ndarray:
     """(H, W) or (H, W, 3) floats -> (3, H, W) or (1, H, W) float32 in [0, 1]."""
     if mode == "gray":
-        gray = pixels if pixels.ndim == 2 else pixels @ _LUMA
+        gray = pixels if pixels.ndim == 2 else pixels @ LUMA
         image = gray[None]
     elif pixels.ndim == 2:
         image = np.repeat(pixels[None], 3, axis=0)
@@ -518,7 +518,7 @@ def _to_layout(pixels: np.ndarray, mode: str) -> np.ndarray:
     return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
 
 
-def _resize_short_side(image: np.ndarray, short_side: int, max_pixels: int | None) -> np.ndarray:
+def resize_short_side(image: np.ndarray, short_side: int, max_pixels: int | None) -> np.ndarray:
     """Resize (C, H, W) floats with Lanczos so that min(H, W) == short_side."""
     _, height, width = image.shape
     scale = short_side / min(height, width)
@@ -533,75 +533,41 @@ def _resize_short_side(image: np.ndarray, short_side: int, max_pixels: int | Non
     return np.clip(np.stack(channels), 0.0, 1.0).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------- preprocessing
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """What a network expects of an image: resize, centre crop, normalise (as torchvision's
-    ``weights.transforms()``).
+def is_grey(source: ImageSource) -> bool:
+    """True when ``source`` holds one channel of values (a grey file, PIL image or array).
 
-    Attributes:
-        resize: resize so the shorter side has this many pixels (None: keep the size).
-        crop: centre-crop to ``crop x crop`` after resizing (None: no crop).
-        mean, std: per-channel normalisation applied to values in ``[0, 1]``.
-        channels: 3 for RGB networks, 1 for grey ones.
+    Reads only the header of a file. A colour image whose three channels happen to be equal is
+    not grey: only the source's own kind counts.
 
     Example:
-        >>> Preprocess(resize=256, crop=224)("sample:astronaut").shape
-        (3, 224, 224)
+        >>> is_grey("sample:camera"), is_grey("sample:astronaut")
+        (True, False)
     """
-
-    resize: int | None = 256
-    crop: int | None = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    channels: int = 3
-
-    def load(self, source: ImageSource, *, max_pixels: int | None = 50_000_000) -> np.ndarray:
-        """Load, resize and crop ``source``: ``(C, H, W)`` in ``[0, 1]``, not yet normalised."""
-        if isinstance(source, np.ndarray) and source.ndim == 3 and source.shape[0] in (1, 3):
-            image = source.astype(np.float32, copy=False)
-            if image.shape[0] != self.channels:
-                image = (np.repeat(image, 3, axis=0) if self.channels == 3
-                         else np.tensordot(_LUMA, image, axes=1)[None])
-            if self.resize is not None:
-                image = _resize_short_side(image, self.resize, max_pixels)
-        else:
-            image = load_image(source, mode="rgb" if self.channels == 3 else "gray",
-                               short_side=self.resize, max_pixels=max_pixels)
-        return center_crop(image, self.crop) if self.crop is not None else image
-
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        """Apply mean and std to a ``(C, H, W)`` image in ``[0, 1]``."""
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return ((image - mean) / std).astype(np.float32)
-
-    def __call__(self, source: ImageSource, *, max_pixels: int | None = 50_000_000) -> np.ndarray:
-        """Load and prepare ``source`` for the network: ``(C, H, W)`` float32, normalised."""
-        return self.normalise(self.load(source, max_pixels=max_pixels))
-
-    def describe(self) -> str:
-        """One line, e.g. ``resize 256, centre crop 224, normalise mean (...) std (...)``."""
-        parts = [f"resize short side to {self.resize}" if self.resize else "no resize"]
-        if self.crop:
-            parts.append(f"centre crop {self.crop}x{self.crop}")
-        parts.append("normalise mean (" + ", ".join(f"{m:.3g}" for m in self.mean) + ") std ("
-                     + ", ".join(f"{s:.3g}" for s in self.std) + ")")
-        return ", ".join(parts)
+    if isinstance(source, np.ndarray):
+        return source.ndim == 2 or (source.ndim == 3 and 1 in (source.shape[0], source.shape[-1])
+                                    and min(source.shape[0], source.shape[-1]) == 1)
+    try:
+        if isinstance(source, Image.Image):
+            return _pil_grey(source)
+        if isinstance(source, (bytes, bytearray)):
+            with Image.open(io.BytesIO(source)) as image:
+                return _pil_grey(image)
+        if isinstance(source, str) and source.startswith(SAMPLE_PREFIX):
+            source = sample_path(source)
+        if isinstance(source, (str, os.PathLike)):
+            with Image.open(Path(os.fspath(source)).expanduser()) as image:
+                return _pil_grey(image)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+    return False
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size x size`` region of a ``(C, H, W)`` image (padded by edge values if
-    the image is smaller)."""
-    _, h, w = image.shape
-    if h < size or w < size:
-        ph, pw = max(0, size - h), max(0, size - w)
-        image = np.pad(image, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)),
-                       mode="edge")
-        _, h, w = image.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[:, top: top + size, left: left + size]
+def _pil_grey(image: Image.Image) -> bool:
+    if image.mode == "P":
+        palette = image.getpalette() or []
+        return all(palette[k] == palette[k + 1] == palette[k + 2]
+                   for k in range(0, len(palette) - 2, 3))
+    return image.mode in _GREY_MODES

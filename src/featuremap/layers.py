@@ -1,8 +1,8 @@
-"""Address the layers of any ``nn.Module``: list them with output shapes, resolve names.
+"""Address the layers of any ``nn.Module``: resolve names, describe each layer's geometry.
 
 Layer names are ``named_modules()`` paths (``"layer3.1.conv2"``); the root module (name ``""``)
 is not a layer. A requested name is matched by one rule, shared by :func:`resolve_layers` and the
-``pattern`` filter of :func:`list_layers`:
+``pattern`` filter of :func:`featuremap.summary.list_layers`:
 
 - ``"re:EXPR"``, or a name holding a regex-only character (one of ``^ $ + \\ ( ) | { }``): a
   regular expression, matched with ``re.search`` (anchor it with ``^`` and ``$`` to match whole
@@ -11,31 +11,36 @@ is not a layer. A requested name is matched by one rule, shared by :func:`resolv
   crosses dots, so ``layer*.0.conv1`` matches ``layer1.0.conv1`` to ``layer4.0.conv1``);
 - otherwise an exact name.
 
-Shapes come from one forward pass under ``torch.no_grad`` on zeros ``(1, C, H, W)`` in eval mode;
-the mode of every module is restored and every hook removed afterwards, also on errors.
+This module never runs a network: :func:`layer_infos` builds the layer table from output shapes
+that :func:`featuremap.capture.trace_shapes` measured (see :func:`featuremap.summary.list_layers`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featuremap.errors import ConfigError, FeaturemapError, UnknownNameError, unknown_name
+from featuremap.errors import ConfigError, UnknownNameError, unknown_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
-__all__ = ["LayerInfo", "list_layers", "resolve_layers"]
+__all__ = [
+    "LayerInfo",
+    "describe_module",
+    "format_geometry",
+    "geometry",
+    "in_channels",
+    "layer_infos",
+    "resolve_layers",
+    "size_pair",
+]
 
 _REGEX_ONLY = set("^$+\\()|{}")
 _GLOB = set("*?[")
-_MAX_PROBE = 512  # largest input side tried when looking for the smallest working input
 
 
 @dataclass(frozen=True)
@@ -76,45 +81,34 @@ class LayerInfo:
 # --------------------------------------------------------------------------------- listing
 
 
-def list_layers(
+def layer_infos(
     model: nn.Module,
+    shapes: Mapping[str, tuple[int, ...]],
     *,
     input_size: int | tuple[int, int] = 224,
-    in_channels: int | None = None,
     types: str | type | Iterable[str | type] | None = None,
     pattern: str | None = None,
     leaves_only: bool = False,
     model_name: str | None = None,
 ) -> list[LayerInfo]:
-    """List the named modules of ``model`` with their output shapes, in module order.
+    """The :class:`LayerInfo` of every named module kept by the filters, in module order.
 
     Args:
-        model: any ``torch.nn.Module`` taking one image batch ``(N, C, H, W)``.
+        model: the network.
+        shapes: ``{name: output shape without the batch dim}`` measured at ``input_size``
+            (modules that did not run are absent).
         input_size: ``H = W`` as an int, or ``(H, W)``.
-        in_channels: ``C``; by default the ``in_channels`` of the first ``Conv2d`` (else 3).
         types: keep modules whose class name contains this text (case-insensitive: ``"conv"``,
             ``"pool"``, ``"relu"``) or that are instances of this class; or a list of either.
         pattern: keep names matching this glob, regex or exact name (see the module docstring).
         leaves_only: keep only modules without children.
         model_name: the name the model was loaded by, for the hint of errors.
 
-    Returns:
-        One :class:`LayerInfo` per kept module.
-
     Raises:
         UnknownNameError: a pattern that matches no layer, a type no module has (both with
             did-you-mean suggestions).
-        ConfigError: a bad option, or the forward pass fails, e.g. an input too small for the
-            network (the message names the layer where the map would vanish).
-
-    Example:
-        >>> from torchvision.models import resnet18
-        >>> [i.output_shape for i in list_layers(resnet18(), pattern="layer1")]
-        [(64, 56, 56)]
     """
-    height, width = _size_pair(input_size)
-    channels = _in_channels(model) if in_channels is None else _positive(in_channels, "in_channels")
-    shapes = _trace(model, (1, channels, height, width))
+    height, width = size_pair(input_size)
     keep_type = _type_filter(types)
     keep_name = _matcher(pattern) if pattern is not None else None
     if pattern is not None:
@@ -127,28 +121,18 @@ def list_layers(
             continue
         if (keep_name and not keep_name(name)) or (keep_type and not keep_type(module)):
             continue
-        infos.append(_info(name, module, shapes.get(name), height, width))
+        shape = shapes.get(name)
+        infos.append(LayerInfo(
+            name=name, type=type(module).__name__, output_shape=shape,
+            params=sum(p.numel() for p in module.parameters()),
+            leaf=next(module.children(), None) is None, depth=name.count(".") + 1,
+            **geometry(module), cumulative_stride=_cumulative(shape, height, width)))
     return infos
 
 
-def _info(
-    name: str, module: nn.Module, shape: tuple[int, ...] | None, height: int, width: int
-) -> LayerInfo:
-    """Build the LayerInfo of one module from its recorded output shape."""
-    return LayerInfo(
-        name=name,
-        type=type(module).__name__,
-        output_shape=shape,
-        params=sum(p.numel() for p in module.parameters()),
-        leaf=next(module.children(), None) is None,
-        depth=name.count(".") + 1,
-        **_geometry(module),
-        cumulative_stride=_cumulative(shape, height, width),
-    )
-
-
-def _geometry(module: nn.Module) -> dict[str, Any]:
-    """kernel_size, stride, padding, dilation, groups of a conv or pool, as tuples."""
+def geometry(module: nn.Module) -> dict[str, Any]:
+    """kernel_size, stride, padding, dilation, groups of a conv or pool, as tuples ({} for other
+    modules)."""
     kernel = getattr(module, "kernel_size", None)
     if kernel is None:
         return {}
@@ -171,6 +155,17 @@ def _geometry(module: nn.Module) -> dict[str, Any]:
         "dilation": tup(getattr(module, "dilation", None)),
         "groups": getattr(module, "groups", None),
     }
+
+
+def describe_module(module: nn.Module) -> str:
+    """``Conv2d, kernel 3, stride 2`` (single numbers for square values)."""
+    text = type(module).__name__
+    found = geometry(module)
+    for key, word in (("kernel_size", "kernel"), ("stride", "stride")):
+        value = found.get(key)
+        if value is not None:
+            text += f", {word} {value[0] if len(set(value)) == 1 else value}"
+    return text
 
 
 def _spatial_dims(module: nn.Module) -> int:
@@ -227,7 +222,7 @@ def _positive(value: Any, name: str) -> int:
     return value
 
 
-def _size_pair(input_size: Any) -> tuple[int, int]:
+def size_pair(input_size: Any) -> tuple[int, int]:
     """``input_size`` as ``(H, W)``, or raise ConfigError."""
     if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
         return _positive(input_size[0], "input_size"), _positive(input_size[1], "input_size")
@@ -237,7 +232,7 @@ def _size_pair(input_size: Any) -> tuple[int, int]:
     return side, side
 
 
-def _in_channels(model: nn.Module) -> int:
+def in_channels(model: nn.Module) -> int:
     """The in_channels of the first Conv2d of ``model``, else 3."""
     from torch import nn
 
@@ -245,194 +240,6 @@ def _in_channels(model: nn.Module) -> int:
         if isinstance(module, nn.Conv2d):
             return int(module.in_channels)
     return 3
-
-
-# ----------------------------------------------------------------------------- forward pass
-
-
-@contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode without gradients; restore every module's own mode afterwards."""
-    import torch
-
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _zeros(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """Zeros of ``shape`` on the device and with the float dtype of ``model``'s parameters."""
-    import torch
-
-    first = next(model.parameters(), None)
-    if first is None:
-        first = next(model.buffers(), None)
-    if first is None or not first.is_floating_point():
-        return torch.zeros(shape)
-    return torch.zeros(shape, dtype=first.dtype, device=first.device)
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor that stands for a module's output (see LayerInfo.output_shape)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        if isinstance(output.get("out"), torch.Tensor):
-            return output["out"]
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
-
-
-def _trace(model: nn.Module, shape: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:
-    """Run one forward pass on zeros of ``shape``; return ``{name: output shape}``.
-
-    A module called several times keeps the shape of its first call.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    running: list[tuple[str, nn.Module, tuple[int, ...] | None]] = []
-
-    def enter(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
-        tensor = _first_tensor(list(args))
-        running.append((name, module, tuple(tensor.shape) if tensor is not None else None))
-
-    def leave(name: str, output: Any) -> None:
-        running.pop()
-        tensor = _first_tensor(output)
-        if tensor is not None and name not in shapes:
-            shapes[name] = tuple(tensor.shape[1:])
-
-    try:
-        with _hooks(model, enter, leave), _eval_no_grad(model):
-            model(_zeros(model, shape))
-    except FeaturemapError:
-        raise
-    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as exc:
-        where = running[-1] if running else ("", model, shape)
-        raise _pass_error(model, shape, where, exc) from exc
-    return shapes
-
-
-@contextmanager
-def _hooks(
-    model: nn.Module,
-    enter: Callable[[str, nn.Module, tuple[Any, ...]], None],
-    leave: Callable[[str, Any], None],
-) -> Iterator[None]:
-    """Register a forward pre-hook and a forward hook on every module; always remove them."""
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(
-                lambda m, args, name=name: enter(name, m, args)))
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, name=name: leave(name, out)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-# ----------------------------------------------------------------------- forward-pass errors
-
-
-def _pass_error(
-    model: nn.Module,
-    shape: tuple[int, ...],
-    where: tuple[str, nn.Module, tuple[int, ...] | None],
-    exc: BaseException,
-) -> ConfigError:
-    """Explain why the shape pass failed, naming the innermost module that was running."""
-    name, module, in_shape = where
-    size = f"{shape[2]}x{shape[3]}"
-    label = f"layer '{name}' ({_describe(module)})" if name else f"{type(model).__name__}.forward"
-    if _vanishes(module, in_shape) or (not _has_kernel(module) and _too_small_text(exc)):
-        map_size = "x".join(str(s) for s in in_shape[2:]) if in_shape else "input"
-        smallest = _smallest_input(model, shape)
-        fix = f" Use an input of at least {smallest}x{smallest} pixels." if smallest else (
-            " Use a larger input.")
-        return ConfigError(
-            f"input {size} is too small for {type(model).__name__}: at {label} the "
-            f"{map_size} map would vanish.{fix}"
-        )
-    detail = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-    end = "" if detail.endswith(("!", "?")) else "."
-    return ConfigError(
-        f"The forward pass of {type(model).__name__} on an input {shape[1]}x{size} failed at "
-        f"{label}: {detail}{end} Check input_size and in_channels (the network may need a "
-        "fixed size)."
-    )
-
-
-def _describe(module: nn.Module) -> str:
-    """``Conv2d, kernel 3, stride 2`` (single numbers for square values)."""
-    text = type(module).__name__
-    geometry = _geometry(module)
-    for key, word in (("kernel_size", "kernel"), ("stride", "stride")):
-        value = geometry.get(key)
-        if value is not None:
-            text += f", {word} {value[0] if len(set(value)) == 1 else value}"
-    return text
-
-
-def _has_kernel(module: nn.Module) -> bool:
-    return getattr(module, "kernel_size", None) is not None
-
-
-def _too_small_text(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "too small" in text or "kernel size can't be greater" in text
-
-
-def _vanishes(module: nn.Module, in_shape: tuple[int, ...] | None) -> bool:
-    """True when a conv or pool of ``module`` gives an empty map on an input of ``in_shape``."""
-    geometry = _geometry(module)
-    if not geometry or in_shape is None or isinstance(geometry["padding"], str):
-        return False
-    sizes = in_shape[-len(geometry["kernel_size"]):]
-    dilation = geometry["dilation"] or (1,) * len(sizes)
-    padding = geometry["padding"] or (0,) * len(sizes)
-    rounding = math.ceil if getattr(module, "ceil_mode", False) else math.floor
-    for size, k, s, p, d in zip(sizes, geometry["kernel_size"], geometry["stride"], padding,
-                                dilation):
-        if rounding((size + 2 * p - d * (k - 1) - 1) / s) + 1 <= 0:
-            return True
-    return False
-
-
-def _smallest_input(model: nn.Module, shape: tuple[int, ...]) -> int | None:
-    """The smallest square side (<= 512) that runs, by doubling then bisection, or None."""
-    low = min(shape[2], shape[3])
-    high = low * 2
-    while not _runs(model, (shape[0], shape[1], high, high)):
-        low, high = high, high * 2
-        if high > _MAX_PROBE:
-            return None
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if _runs(model, (shape[0], shape[1], middle, middle)) else (
-            middle, high)
-    return high
-
-
-def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
-    try:
-        with _eval_no_grad(model):
-            model(_zeros(model, shape))
-    except Exception:  # noqa: BLE001 - any failure means "does not run at this size"
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------- resolving

@@ -33,20 +33,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from featuremap.errors import ConfigError, did_not_run
-from featuremap.extraction import _device_of
-from featuremap.layers import _in_channels, resolve_layers
+from featuremap.capture import blank_input, inference_state
+from featuremap.errors import ConfigError
+from featuremap.layers import in_channels, resolve_layers, size_pair
 
 __all__ = [
+    "GLOBAL",
     "ReceptiveField",
     "UntraceableError",
-    "empirical_receptive_field",
+    "check_position",
     "field_label",
     "field_labels",
     "format_field",
     "receptive_field",
     "receptive_fields",
 ]
+
 
 class UntraceableError(ConfigError):
     """torch.fx cannot trace the model: only the empirical (gradient) field is available."""
@@ -305,18 +307,16 @@ def _symbolic_trace(model: nn.Module) -> Any:
 def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from featuremap.layers import _eval_no_grad, _zeros
-
     try:
-        with _eval_no_grad(model):  # trace the inference branches (no auxiliary heads)
+        with inference_state(model):  # trace the inference branches (no auxiliary heads)
             graph = _symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means the same to the user
         raise UntraceableError(f"{type(model).__name__} cannot be traced for an analytic receptive "
                           f"field ({type(err).__name__}); use empirical_receptive_field.") from None
-    shape = (1, _in_channels(model), *input_size)
+    shape = (1, in_channels(model), *input_size)
     try:  # ShapeProp prints a traceback of its own on failure: keep it off the terminal
-        with _eval_no_grad(graph), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(graph).propagate(_zeros(model, shape))
+        with inference_state(graph), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(graph).propagate(blank_input(model, shape))
     except Exception as err:  # noqa: BLE001
         raise ConfigError(f"the forward pass of {type(model).__name__} on an input "
                           f"{shape[2]}x{shape[3]} failed while tracing its receptive fields "
@@ -367,9 +367,7 @@ def _box(field: _Field, position: tuple[int, int], size: tuple[int, int]) -> Rec
 
 
 def _size(input_size: Any) -> tuple[int, int]:
-    from featuremap.layers import _size_pair
-
-    return _size_pair(input_size)
+    return size_pair(input_size)
 
 
 def receptive_field(model: Any, layer: str, *, position: tuple[int, int] = (0, 0),
@@ -400,11 +398,11 @@ def receptive_field(model: Any, layer: str, *, position: tuple[int, int] = (0, 0
                "or a Linear layer)" if field == GLOBAL else "its output is not a map of the input"
                " that the analysis can follow (e.g. after upsampling), or the layer did not run")
         raise ConfigError(f"layer '{name}' has no spatial receptive field: {why}.")
-    _check_position(position, field.sizes, name)
+    check_position(position, field.sizes, name)
     return _box(field, position, size)
 
 
-def _check_position(position: Any, sizes: tuple[int, int], name: str) -> None:
+def check_position(position: Any, sizes: tuple[int, int], name: str) -> None:
     y, x = position
     if not (0 <= y < sizes[0] and 0 <= x < sizes[1]):
         raise ConfigError(f"position {tuple(position)} is outside the {sizes[0]} x {sizes[1]} "
@@ -460,56 +458,3 @@ def receptive_fields(model: Any, *, input_size: int | tuple[int, int] = 224
     size = _size(input_size)
     return {name: _box(f, (0, 0), size) if isinstance(f, _Field) else f
             for name, f in _fields(module, size).items()}
-
-
-def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, int],
-                              channel: int | None = None, input_size: int | tuple[int, int] = 224,
-                              image: torch.Tensor | None = None) -> tuple[ReceptiveField, Any]:
-    """The support of d(value)/d(input): its bounding box and the gradient-magnitude map.
-
-    The value is ``layer``'s output at ``position`` in ``channel``, or with ``channel=None`` the
-    sum of all channels there (every channel at one position shares one analytic field).
-
-    Returns:
-        ``(ReceptiveField of the support's bounding box, effective RF (H, W) numpy array)``.
-    """
-    module = getattr(model, "module", model)
-    name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    x = (image if image is not None else torch.randn(1, _in_channels(module), h, w))
-    x = x.to(_device_of(module)).clone().requires_grad_(True)
-    seen: dict[str, torch.Tensor] = {}
-    handle = dict(module.named_modules())[name].register_forward_hook(
-        lambda _m, _i, out: seen.setdefault("out", out))
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()  # batch norm on running statistics: in training mode it would mix positions
-    try:
-        module(x)
-    finally:
-        handle.remove()
-        for m, training in modes:
-            m.training = training
-    if "out" not in seen:
-        raise did_not_run([name], getattr(model, "name", "") or type(module).__name__)
-    out = seen["out"]
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise ConfigError(f"layer '{name}' has no spatial receptive field (its output is not "
-                          "feature maps (N, C, H, W)).")
-    y0, x0 = position
-    _check_position(position, tuple(out.shape[2:]), name)
-    if channel is not None and not 0 <= channel < out.shape[1]:
-        raise ConfigError(f"channel {channel} is outside the {out.shape[1]} channels of "
-                          f"'{name}' (0..{out.shape[1] - 1}).")
-    value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
-    grad = torch.autograd.grad(value, x)[0][0].abs().sum(0).cpu()
-    rows = torch.nonzero(grad.sum(1)).flatten()
-    cols = torch.nonzero(grad.sum(0)).flatten()
-    if rows.numel() == 0:
-        what = "the sum of its channels" if channel is None else f"channel {channel}"
-        raise ConfigError(f"the gradient of '{name}' at {tuple(position)} ({what}) is zero "
-                          "everywhere: the value does not change with any pixel of this image "
-                          "(e.g. cut to 0 by a ReLU). Try another position or channel, or no "
-                          "channel (all channels summed).")
-    box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-    return (ReceptiveField(box, box, (box[2] - box[0], box[3] - box[1]), (float("nan"),) * 2,
-                           (float("nan"),) * 2), grad.detach().numpy())

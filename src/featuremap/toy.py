@@ -51,6 +51,30 @@ class ToyMaps:
         return [(n, tuple(m.shape), float(m.min()), float(m.mean()), float(m.max()))
                 for n, m in zip(self.names, self.maps)]
 
+    COLUMNS = ("filter", "output shape", "min", "mean", "max")
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """:meth:`stats` as table cells."""
+        return [(name, " x ".join(map(str, shape)), f"{lo:.4g}", f"{mean:.4g}", f"{hi:.4g}")
+                for name, shape, lo, mean, hi in self.stats()]
+
+    def __str__(self) -> str:
+        rows = [self.COLUMNS, *self.rows()]
+        widths = [max(len(r[k]) for r in rows) for k in range(len(self.COLUMNS))]
+        lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w)
+                           for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        return "\n".join(lines + [str(self.cost)])
+
+    def to_dict(self) -> dict:
+        """Settings, per-map statistics and the layer's arithmetic (not the maps themselves)."""
+        return {"names": list(self.names), "shape": list(self.maps.shape),
+                "input_shape": list(self.input.shape),
+                "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                             for k, v in self.settings.items()},
+                "stats": [{"name": n, "shape": list(sh), "min": lo, "mean": mean, "max": hi}
+                          for n, sh, lo, mean, hi in self.stats()],
+                "cost": str(self.cost)}
+
 
 def _prepare(image, channels: str, short_side: int | None, max_pixels: int | None) -> np.ndarray:
     if channels not in CHANNEL_MODES:

@@ -9,6 +9,7 @@ products, the bias, and their sum, which equals the value the network computed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -16,50 +17,23 @@ from torch import nn
 
 from featuremap.conv import Explanation
 from featuremap.conv import explain as explain_engine
-from featuremap.errors import ConfigError, did_not_run
-from featuremap.extraction import _device_of, _model_parts, prepare_images
-from featuremap.layers import resolve_layers
+from featuremap.errors import ConfigError, FeaturemapError
+from featuremap.model import Model, as_model
 
-__all__ = ["explain"]
-
-
-class _Stop(Exception):
-    pass
+__all__ = ["explain", "image_region"]
 
 
-def _conv_layer(module: nn.Module, layer: str, model_name: str) -> tuple[str, nn.Conv2d]:
-    name = resolve_layers(module, [layer], model_name=model_name or None)[0]
-    conv = dict(module.named_modules())[name]
+def _conv_layer(m: Model, layer: str) -> tuple[str, nn.Conv2d]:
+    name = m.one_layer(layer)
+    conv = dict(m.module.named_modules())[name]
     if not isinstance(conv, nn.Conv2d):
-        convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = [n for n, mod in m.module.named_modules() if isinstance(mod, nn.Conv2d)]
         shown = ", ".join(convs[:4]) + (", ..." if len(convs) > 4 else "")
         raise ConfigError(
             f"layer '{name}' ({type(conv).__name__}) is not a Conv2d: explain shows the products "
             f"of a convolution. This model has {len(convs)} Conv2d layers ({shown}); "
-            f"'featuremap layers {model_name or 'MODEL'} --type conv' lists them.")
+            f"'featuremap layers {m.name or 'MODEL'} --type conv' lists them.")
     return name, conv
-
-
-def _input_of(module: nn.Module, conv: nn.Conv2d, batch: torch.Tensor, layer: str,
-              model_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's input and output for ``batch``; the pass stops right after the layer."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(_m, inputs, output):
-        seen["in"], seen["out"] = inputs[0].detach().clone(), output.detach().clone()
-        raise _Stop
-
-    handle = conv.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            module(batch)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "in" not in seen:
-        raise did_not_run([layer], model_name)
-    return seen["in"], seen["out"]
 
 
 def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> Explanation:
@@ -84,16 +58,35 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
         ...             at=(3, 10, 12))  # doctest: +SKIP
         >>> print(e)  # doctest: +SKIP
     """
-    module, preprocess, name = _model_parts(model)
-    layer, conv = _conv_layer(module, layer, name)
-    batch, _, _ = prepare_images(image, preprocess, device=_device_of(module))
-    x, _ = _input_of(module, conv, batch[:1], layer, name or type(module).__name__)
+    m = as_model(model)
+    layer, conv = _conv_layer(m, layer)
+    batch = m.prepare(image).batch[:1]
+    x = m.capture([layer], inputs=[layer])(batch).inputs[layer]  # stops after the layer
     # the layer reads the (preprocessed) image itself: name its channels
     rgb = ("R", "G", "B") if x.shape[1] == 3 and torch.equal(x, batch[:1]) else ()
     padding: Any = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
     bias = conv.bias.detach().float().cpu().numpy() if conv.bias is not None else None
-    return explain_engine(
+    e = explain_engine(
         x[0].float().cpu().numpy(), conv.weight.detach().float().cpu().numpy(), bias, at=at,
         stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation),
         groups=conv.groups, padding_mode=conv.padding_mode,
         map_name=f"{layer}, output channel {at[0] if len(at) else '?'}", channel_names=rgb)
+    seen = image_region(m, layer, e.at[1:], tuple(batch.shape[2:]))
+    return dataclasses.replace(e, context=(seen,)) if seen else e
+
+
+def image_region(model: Any, layer: str, at: tuple[int, int], size: tuple[int, int]) -> str:
+    """Which pixels of the input image one value of ``layer`` sees, as one line (``""`` where
+    the receptive field is undefined)."""
+    from featuremap.receptive import receptive_field
+
+    try:
+        field = receptive_field(model, layer, position=at, input_size=size)
+    except FeaturemapError:
+        return ""
+    y0, x0, y1, x1 = field.clipped_box
+    extra = "; it also sees the whole image through global pooling" if (
+        field.global_context) else ""
+    return (f"in the {size[0]} x {size[1]} input image this value sees rows {y0}..{y1 - 1}, "
+            f"cols {x0}..{x1 - 1} (receptive field {field.size[0]} x {field.size[1]} px, "
+            f"stride {field.stride[0]:g}{extra}; 'featuremap rf' draws it)")

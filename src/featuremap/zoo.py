@@ -23,20 +23,20 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from featuremap.errors import ModelError, WeightsError, unknown_name
-from featuremap.images import Preprocess
+from featuremap.errors import ModelError, WeightsError, printable, unknown_name
+from featuremap.model import Model
+from featuremap.preprocess import Preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-__all__ = ["Model", "RANDOM_NOTE", "list_models", "load_model"]
+__all__ = ["Model", "RANDOM_NOTE", "list_models", "load_model"]  # Model: featuremap.model
 
 RANDOM = "random"  # weights="random" (or "none"): random init, for any model, the bundled one too
 RANDOM_NOTE = (
@@ -51,31 +51,6 @@ _PREFIXES = ("module.", "_orig_mod.")
 _AUX_MISSING = ("AuxLogits.", "aux1.", "aux2.")  # inception_v3, googlenet
 
 Rebuild = Callable[..., "nn.Module"]
-
-
-@dataclass
-class Model:
-    """A network ready to use, and what was loaded and assumed.
-
-    Attributes:
-        module: the ``nn.Module``, in eval mode.
-        name: the name it was loaded by (``"resnet18"``, ``"timm:convnext_tiny"``, ``"shapes"``)
-            or the class name of a module passed in.
-        preprocess: what an image must go through before the network (resize, crop, normalise).
-        categories: the class names, or None when the weights carry none.
-        task: ``"classification"``, ``"segmentation"`` or ``"other"``.
-        weights: what was loaded: ``"random init"``, ``"DEFAULT (ResNet18_Weights.IMAGENET1K_V1)"``,
-            a file path, ``"state dict"``, ``"bundled"`` or ``"as given"``.
-        notes: plain sentences on what was assumed (random weights, preprocessing, categories).
-    """
-
-    module: nn.Module = field(repr=False)
-    name: str
-    preprocess: Preprocess
-    categories: tuple[str, ...] | None = field(default=None, repr=False)
-    task: str = "other"
-    weights: str = "as given"
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------- listing
@@ -120,6 +95,7 @@ def load_model(
     name_or_module: str | nn.Module,
     *,
     weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> Model:
     """Load a network with its preprocessing, categories and weights.
 
@@ -131,6 +107,8 @@ def load_model(
             ``None`` and ``"DEFAULT"`` mean its bundled weights and only ``"random"`` gives an
             untrained copy), ``"DEFAULT"`` or a weights name, a
             ``.pth`` / ``.pt`` / ``.safetensors`` path, or a state dict (see the module docstring).
+        device: where to put it: ``"cpu"`` (None: the default), ``"cuda"``, ``"cuda:1"``,
+            ``"mps"``, or ``"auto"`` (CUDA when available).
 
     Returns:
         A :class:`Model` whose module is in eval mode.
@@ -149,13 +127,13 @@ def load_model(
     """
     from torch import nn
 
+    from featuremap.model import resolve_device
+
+    target = resolve_device(device)  # an unknown device is refused before any loading
     if isinstance(weights, str) and weights.strip().lower() in (RANDOM, "none"):
         weights = RANDOM
     if isinstance(name_or_module, str) and name_or_module.strip().lower() == "shapes":
-        model = _from_shapes(weights)
-        if model.weights == "random init":
-            warnings.warn(f"{model.name}: {RANDOM_NOTE}", UserWarning, stacklevel=2)
-        return model
+        return _finish(_from_shapes(weights), target)
     weights = None if weights == RANDOM else weights
     if isinstance(name_or_module, nn.Module):
         model = _from_module(name_or_module, weights)
@@ -167,9 +145,23 @@ def load_model(
         model = _from_timm(name_or_module.strip()[5:], weights)
     else:
         model = _from_torchvision(name_or_module.strip().lower(), weights)
+    return _finish(model, target)
+
+
+def _finish(model: Model, device: torch.device) -> Model:
+    """Eval mode, the capabilities the module has, the device; warn about random weights."""
+    from featuremap.model import feature_stages, own_segmentation
+
     model.module.eval()
+    if model.segmentation is None:
+        model.segmentation = own_segmentation(model.module)
+    if model.stage_layers is None:
+        model.stage_layers = feature_stages(model.module)
+    if model.prefix_tokens is None:
+        model.prefix_tokens = getattr(model.module, "num_prefix_tokens", None)
+    model.module.to(device)
     if model.weights == "random init":
-        warnings.warn(f"{model.name}: {RANDOM_NOTE}", UserWarning, stacklevel=2)
+        warnings.warn(f"{model.name}: {RANDOM_NOTE}", UserWarning, stacklevel=3)
     return model
 
 
@@ -178,23 +170,20 @@ def load_model(
 
 def _from_module(module: nn.Module, weights: Any) -> Model:
     """Wrap a module passed in; load a weights file or state dict into it if given."""
-    preprocess = Preprocess()
-    notes = [f"preprocess: ImageNet defaults assumed ({preprocess.describe()})"]
-    label = type(module).__name__
-    described = "as given"
+    model = Model.wrap(module)
     if weights is not None:
         if _weights_kind(weights) == "name":
             raise WeightsError(
                 f"Named weights ({weights!r}) need a model name, not a module: pass a weights "
                 "file or a state dict, or load the module's weights yourself."
             )
-        module, described = _load_into(module, weights, label, None, notes)
-    return Model(module, label, preprocess, None, "other", described, notes)
+        model.module, model.weights = _load_into(module, weights, model.name, None, model.notes)
+    return model
 
 
 def _from_shapes(weights: Any) -> Model:
-    """The bundled model (featuremap.shapenet), optionally with other weights."""
-    from featuremap import shapenet
+    """The bundled model (featuremap.bundled.network), optionally with other weights."""
+    from featuremap.bundled import network as shapenet
 
     module, meta = shapenet.bundled()
     random = isinstance(weights, str) and weights.lower() == RANDOM
@@ -216,8 +205,9 @@ def _from_shapes(weights: Any) -> Model:
             )
         module, described = _load_into(module, weights, "shapes", None, notes)
     categories = tuple(meta["categories"])
+    head = shapenet.segmentation_head(module)
     return Model(module, "shapes", preprocess, categories, meta.get("task", "classification"),
-                 described, notes)
+                 described, notes, head, stage_layers=head.layers if head else None)
 
 
 def _from_torchvision(name: str, weights: Any) -> Model:
@@ -528,6 +518,7 @@ def _fit(
     rebuild: Rebuild | None, notes: list[str],
 ) -> nn.Module:
     """Load ``state`` into ``module``, or into a rebuilt one (num_classes, aux heads) that fits."""
+    _check_finite(state, source)
     missing, unexpected, shapes = _mismatch(module, state)
     if missing or unexpected or shapes:
         kwargs = _rebuild_kwargs(missing, unexpected, shapes)
@@ -539,6 +530,19 @@ def _fit(
                      + " to fit the weights")
     module.load_state_dict(state, strict=True)
     return module
+
+
+def _check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or infinity: every map computed from them would be garbage."""
+    import torch
+
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(printable(k) for k in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise WeightsError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s) "
+                           f"({shown}): the training that saved them diverged or the file is "
+                           "damaged. Use other weights.")
 
 
 def _try_rebuild(rebuild: Rebuild | None, kwargs: dict[str, Any] | None) -> nn.Module | None:

@@ -4,7 +4,8 @@
 (AdamW, one-cycle schedule, cross-entropy on both heads, random flips and quarter turns), on
 fresh scenes every epoch; for a fixed seed and thread count it gives the same weights every time.
 :func:`evaluate_shapes` measures accuracy and mIoU on scenes of a seed never used in training.
-:func:`save_bundled` writes the weights and metadata that :func:`featuremap.shapenet.bundled` reads.
+:func:`save_bundled` writes the weights and metadata that
+:func:`featuremap.bundled.network.bundled` reads.
 
 Example:
     >>> model, history = train_shapes(seed=0, epochs=1, n_train=64)  # doctest: +SKIP
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featuremap.bundled.network import MEAN, STD, ShapesNet, normalize
+from featuremap.bundled.scenes import CLASSES, make_dataset
 from featuremap.errors import ConfigError
-from featuremap.shapenet import MEAN, STD, ShapesNet, normalize
-from featuremap.shapes import CLASSES, make_dataset
 
 __all__ = [
     "EVAL_SEED",
@@ -262,7 +263,7 @@ def save_bundled(model: ShapesNet, meta: dict, folder: str | os.PathLike[str]) -
         the path of the weights file.
 
     Example:
-        >>> save_bundled(model, {"recipe": RECIPE}, "src/featuremap/data")  # doctest: +SKIP
+        >>> save_bundled(model, {"recipe": RECIPE}, "src/featuremap/bundled/data")  # doctest: +SKIP
     """
     from safetensors.torch import save_file
 
@@ -295,7 +296,8 @@ def build_bundle(
     """Train with the default recipe, evaluate on held-out scenes and save the bundle.
 
     This is how ``featuremap/data/shapes.safetensors`` and ``shapes.json`` were made:
-    ``python -m featuremap.train src/featuremap/data`` (about 5 minutes on 2 CPU cores).
+    ``python -m featuremap.bundled.train
+    src/featuremap/bundled/data`` (about 5 minutes on 2 CPU cores).
 
     Args:
         folder: where to write ``shapes.safetensors`` and ``shapes.json``.

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featuremap.errors import ConfigError
+from featuremap.model import SegmentationHead
 
 __all__ = [
     "CATEGORIES",
@@ -45,10 +46,12 @@ __all__ = [
     "ShapesNet",
     "bundled",
     "normalize",
+    "segmentation_head",
     "weights_path",
 ]
 
-# Kept equal to featuremap.shapes.CLASSES (checked by the tests); this module imports torch only.
+# Kept equal to featuremap.bundled.scenes.CLASSES (checked by the tests); this module imports
+# torch only.
 SEGMENTATION_CLASSES = (
     "background", "circle", "square", "triangle", "star", "cross", "ring", "crescent",
 )
@@ -177,6 +180,14 @@ class ShapesNet(nn.Module):
         index = torch.as_tensor(class_index).expand(x.shape[0])
         weights = self.classifier.fc.weight[index]  # (N, C)
         return torch.einsum("nc,nchw->nhw", weights, maps)
+
+
+def segmentation_head(model: ShapesNet) -> SegmentationHead:
+    """The model's segmentation head as a capability: it reads every backbone block's maps, so
+    one backbone pass feeds both heads (:func:`featuremap.tasks.shared.analyse`)."""
+    layers = tuple(f"backbone.{name}" for name, _ in model.backbone.named_children())
+    return SegmentationHead(lambda x, maps: model.segmenter(x, list(maps)), layers,
+                            SEGMENTATION_CLASSES)
 
 
 def normalize(
