@@ -7,6 +7,7 @@ what was asked, what was found, and how to fix it. The CLI prints it as one line
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "UnknownNameError",
     "WeightsError",
     "did_you_mean",
+    "printable",
     "unknown_name",
 ]
 
@@ -78,3 +80,40 @@ def did_not_run(layers: Iterable[str], model: str) -> ConfigError:
     return ConfigError(f"layer {names} did not run in the forward pass of {model} on this input "
                        "(a branch the forward pass skips: an auxiliary or training-only head, or "
                        "one only another method calls, such as the bundled model's segmenter).")
+
+
+# Characters that must never reach a terminal, a log line or a figure raw: C0 controls and DEL
+# (escape sequences, newlines, carriage returns, backspaces), C1 controls (U+0080-U+009F, among
+# them the 8-bit CSI), line and paragraph separators, the bidirectional marks, embeddings,
+# overrides and isolates that reorder what is shown (U+061C, U+200E-200F, U+202A-202E,
+# U+2066-2069), and lone surrogates (undecodable bytes of a file name, which cannot even be
+# encoded to print). Ordinary Unicode (accents, CJK, emoji and their joiners) is kept.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                          r"\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    if c in _SHORT:
+        return _SHORT[c]
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` (a string, a path, anything ``str()`` takes) safe to show on one line.
+
+    Control characters are written as ``repr`` writes them (``\\n``, ``\\t``, ``\\x1b``,
+    ``\\u202e``), so a file name cannot move the cursor, colour or clear a terminal, break a
+    message into several lines or reorder the text around it; every other character, accents,
+    CJK and emoji included, is kept as is. Backslashes are kept too: the result is for people
+    to read, not to parse back.
+
+    Example:
+        >>> printable("scan\\x1b[2J\\n.png")
+        'scan\\\\x1b[2J\\\\n.png'
+        >>> printable("café 猫 🐱.png")
+        'café 猫 🐱.png'
+    """
+    return _UNPRINTABLE.sub(_escape, str(text))
