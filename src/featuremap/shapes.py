@@ -319,8 +319,7 @@ def make_dataset(
         raise ConfigError(f"Number of scenes must be an integer >= 1, got {n!r}.")
     _check(size, seed)
     check_size(_DATASET_BYTES_PER_PIXEL * n * size * size + _SCENE_BYTES_PER_PIXEL * size * size,
-               what=f"{n} scenes of {size} x {size} pixels", fix="use fewer or smaller scenes "
-               "(save_dataset writes any number, one at a time)")
+               what=f"{n} scenes of {size} x {size} pixels", fix="use fewer or smaller scenes")
     images = np.empty((n, 3, size, size), np.float32)
     masks = np.empty((n, size, size), np.int64)
     labels = np.empty(n, np.int64)
