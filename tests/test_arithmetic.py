@@ -124,3 +124,47 @@ def test_rf_step_chain_vgg_block():
         rf = rf_step(rf, 3, padding=1)
     rf = rf_step(rf, 2, stride=2)
     assert (rf.size, rf.jump) == (6, 2)
+
+
+# ------------------------------------------------------------------------- memory guards
+def test_format_bytes():
+    from featuremap.arithmetic import format_bytes
+
+    assert [format_bytes(n) for n in (0, 999, 1000, 12 * 10**9, 4 * 10**9, 999_600, 3e20)] == \
+        ["0 B", "999 B", "1.00 kB", "12.0 GB", "4.00 GB", "1.00 MB", "300 EB"]
+    assert format_bytes(1e40) == "1e+40 bytes"
+
+
+def test_check_size_passes_below_and_refuses_above_the_limit():
+    from featuremap.arithmetic import check_size
+
+    assert check_size(100, what="x", limit=100) == 100
+    with pytest.raises(ConfigError) as info:
+        check_size(12 * 10**9, what="the 3000 filters of 1001 x 1001", fix="use fewer filters",
+                   limit=4 * 10**9)
+    assert str(info.value) == ("the 3000 filters of 1001 x 1001 would take 12.0 GB (limit "
+                               "4.00 GB); use fewer filters.")
+
+
+def test_default_limit_is_a_quarter_of_memory_and_the_environment_changes_it(monkeypatch):
+    import os
+
+    from featuremap.arithmetic import MEMORY_LIMIT_ENV, check_size, memory_limit
+
+    monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
+    limit, reason = memory_limit()
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < limit <= physical / 4 and reason == "a quarter of this machine's memory"
+    with pytest.raises(ConfigError, match=r"would take 1.00 EB \(limit .* a quarter of this "
+                                          r"machine's memory; FEATUREMAP_MEMORY_LIMIT changes"):
+        check_size(10**18, what="it")
+    for setting, value in [("2GB", 2e9), ("512 MiB", 512 * 2**20), ("1e9", 1e9),
+                           ("1.5g", 1.5e9), ("none", float("inf"))]:
+        monkeypatch.setenv(MEMORY_LIMIT_ENV, setting)
+        assert memory_limit() == (value, f"set by {MEMORY_LIMIT_ENV}")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1kB")
+    with pytest.raises(ConfigError, match="set by FEATUREMAP_MEMORY_LIMIT"):
+        check_size(2000, what="it")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "lots")
+    with pytest.raises(ConfigError, match="is not a size; use e.g. 8GB"):
+        memory_limit()

@@ -189,3 +189,24 @@ def test_explain_at_outside(at):
     x = np.ones((1, 4, 4), np.float32)
     with pytest.raises(ConfigError, match="at"):
         explain(x, np.ones((1, 1, 3, 3)), at=at, padding=1)
+
+
+def test_maps_too_large_are_refused_before_computing(refused_early, monkeypatch):
+    x = np.zeros((1, 500, 500), np.float32)
+    w = np.ones((64, 1, 3, 3), np.float32)
+    monkeypatch.setenv("FEATUREMAP_MEMORY_LIMIT", "10MB")
+    refused_early(lambda: conv2d(x, w), r"computing 64 feature maps of 498 x 498 would take "
+                                        r"127 MB \(limit 10.0 MB")
+    batch = np.zeros((40, 1, 250, 250), np.float32)
+    refused_early(lambda: conv2d(batch, w[:8], stride=2),
+                  "8 feature maps of 124 x 124 for 40 images")
+    assert conv2d(x[:, :50, :50], w).shape == (64, 48, 48)  # small work still runs
+
+
+def test_huge_padding_is_refused_before_padding(refused_early):
+    x = np.zeros((1, 100, 100), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    refused_early(lambda: conv2d(x, w, padding=200_000, dilation=100_000, stride=1000),
+                  "1 feature map of 201 x 201 from the input padded to 400100 x 400100")
+    refused_early(lambda: explain(x, w, at=(0, 0, 0), padding=200_000, dilation=100_000),
+                  r"padding the 1 x 100 x 100 input to 400100 x 400100 would take 640 GB")

@@ -435,3 +435,21 @@ def test_module_imports_no_torch_or_scipy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("gabor:100000000", "the 100000000 filters of 19 x 19 would take 4.. GB"),
+    ("sobel,random:1:100001", "the 3 filters of 100001 x 100001 would take"),
+    ("box:99999", "the 1 filter of 99999 x 99999"),
+    ("gaussian:1e300", "the 1 filter of 2e\\+30 x 2e\\+30 would take .* bytes"),
+    ("gabor:4:1e308", "the 4 filters of 2e\\+30"),
+])
+def test_banks_too_large_are_refused_before_building(spec, words, refused_early):
+    message = refused_early(lambda: filter_bank(spec), words)
+    assert "use fewer filters" in message
+
+
+def test_per_channel_weight_too_large_is_refused(refused_early):
+    bank = filter_bank("gabor:8")
+    refused_early(lambda: bank.weight(10**9, mode="per-channel"),
+                  "the weight of 8 filters of 19 x 19 on each of 1000000000 channels")

@@ -238,3 +238,147 @@ def test_overview_row_labels_carry_extra_lines():
     fig = plot_overview(fm, per_layer=2, labels={"1": "field 5 px"})
     texts = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert texts[-1].endswith("field 5 px") and not texts[0].endswith("px")
+
+
+# ------------------------------------------------------------------------ text is data
+HOSTILE = "$x^2$ [bold] \x1b[31m $\\frac{$ a\u202eb"
+SHOWN = "$x^2$ [bold] \\x1b[31m $\\frac{$ a\\u202eb"  # literal; controls written as escapes
+
+
+def _all_texts(fig):
+    from featuremap.plot import _texts
+
+    return list(_texts(fig))
+
+
+def _check_literal(fig, tmp_path):
+    """Every text is drawn literally, no text holds a control character (line breaks apart),
+    and the figure renders and saves (a mathtext parse of '$\\frac{$' would raise)."""
+    for text in _all_texts(fig):
+        assert not text.get_parse_math() and not text.get_usetex()
+        assert not any(ord(c) < 32 and c != "\n" for c in text.get_text())
+    save_figure(fig, tmp_path / "hostile.png")
+
+
+def test_hostile_title_and_names_are_shown_literally(tmp_path, rng):
+    fig = plot_maps(rng.random((3, 8, 8)), names=["$x^2$", "[bold]", "a\x1b[31m\nb"],
+                    title=HOSTILE)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["$x^2$", "[bold]", "a\\x1b[31m\\nb"]
+    assert fig._suptitle.get_text().startswith(SHOWN)
+    _check_literal(fig, tmp_path)
+    fig = plot_image(rng.random((3, 8, 8)), title=HOSTILE)
+    assert fig.axes[0].get_title().startswith(SHOWN)
+    _check_literal(fig, tmp_path)
+
+
+def test_every_figure_shows_hostile_strings_literally(tmp_path, rng):
+    from featuremap.plot import (
+        plot_explanation,
+        plot_filters,
+        plot_overlay,
+        plot_receptive_field,
+        plot_receptive_fields,
+        plot_segmentation,
+    )
+
+    image = rng.random((3, 16, 16))
+    labels = np.arange(256).reshape(16, 16) % 3
+    e = _explanation(2)
+    e = type(e)(**{**e.__dict__, "map_name": HOSTILE, "channel_names": ("$r$", "\x1b[0m")})
+    figures = [
+        plot_comparison([Panel(HOSTILE, rng.random((2, 40, 40)), ("$a$", "\x1b"))], title=HOSTILE),
+        plot_overlay(image, rng.random((4, 4)), title=HOSTILE, label=HOSTILE),
+        plot_filters(rng.random((4, 3, 3, 3)), title=HOSTILE),
+        plot_segmentation((image, labels, ["$a$", "[b]", "\x1b[31mc"]), title=HOSTILE),
+        plot_receptive_field(image, (2, 2, 6, 6), rng.random((16, 16)), title=HOSTILE),
+        plot_receptive_fields(image, [(HOSTILE + "\nline two", (2, 2, 6, 6),
+                                       rng.random((16, 16)))], title=HOSTILE),
+        plot_explanation(e, title=HOSTILE),
+    ]
+    for fig in figures:
+        texts = "\n".join(t.get_text() for t in _all_texts(fig))
+        assert SHOWN in texts
+        _check_literal(fig, tmp_path)
+    legend = [t.get_text() for t in figures[3].legends[0].get_texts()]
+    assert any(t.startswith("$a$") for t in legend) and any("\\x1b[31mc" in t for t in legend)
+    assert "line two" in figures[5].axes[0].get_title().split("\n")[1]  # line breaks kept
+
+
+def test_hostile_layer_and_model_names(tmp_path):
+    import torch
+
+    from featuremap.extraction import extract
+    from featuremap.plot import plot_layer, plot_overview
+
+    net = torch.nn.Sequential()
+    net.add_module("$x$\x1b[31m", torch.nn.Conv2d(3, 4, 3))
+    # (asked by a regex: layers.py reads a name holding '[' or '$' as a pattern)
+    fm = extract(net, torch.rand(1, 3, 16, 16), layers=["re:x"])
+    fig = plot_layer(fm, "$x$\x1b[31m", top=2)
+    assert "$x$\\x1b[31m" in fig._suptitle.get_text()
+    _check_literal(fig, tmp_path)
+    fig = plot_overview(fm, per_layer=2, labels={"$x$\x1b[31m": "[field]\n"})
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()][0].startswith(
+        "$x$\\x1b[31m\n")
+    _check_literal(fig, tmp_path)
+
+
+def test_figures_stay_literal_where_usetex_is_set(rng):
+    import matplotlib
+
+    with matplotlib.rc_context({"text.usetex": True}):
+        fig = plot_maps(rng.random((2, 4, 4)), names=["a_b", "50%"], title="#1 & $x$")
+    assert all(not t.get_usetex() for t in _all_texts(fig))
+
+
+def test_plain_text():
+    from featuremap.plot import plain_text
+
+    assert plain_text("a\nb\x1b") == "a\\nb\\x1b"
+    assert plain_text("a\nb\x1b", lines=True) == "a\nb\\x1b"
+    assert plain_text("$x$ [b] 猫") == "$x$ [b] 猫"
+
+
+# ----------------------------------------------------------------------------- save_figure
+def test_save_figure_adds_png_and_returns_the_real_name(tmp_path, rng):
+    fig = plot_image(rng.random((3, 10, 10)))
+    assert save_figure(fig, tmp_path / "maps") == tmp_path / "maps.png"
+    with Image.open(tmp_path / "maps.png") as im:
+        assert im.format == "PNG"
+    with pytest.raises(ConfigError, match=r"maps\.png' exists"):
+        save_figure(fig, tmp_path / "maps", overwrite=False)
+
+
+@pytest.mark.parametrize("name, magic", [("f.svg", b"<?xml"), ("f.pdf", b"%PDF"),
+                                         ("f.jpg", b"\xff\xd8\xff"), ("f.JPEG", b"\xff\xd8\xff")])
+def test_save_figure_formats(tmp_path, rng, name, magic):
+    path = save_figure(plot_image(rng.random((3, 10, 10))), tmp_path / name)
+    assert path.read_bytes().startswith(magic)
+
+
+def test_save_figure_refuses_before_drawing(tmp_path, rng, monkeypatch):
+    fig = plot_image(rng.random((3, 10, 10)))
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises(ConfigError, match=r"unsupported suffix '\.txt'; use one of \.png, "
+                                          r"\.svg, \.pdf, \.jpg, \.jpeg"):
+        save_figure(fig, tmp_path / "maps.txt")
+    with pytest.raises(ConfigError, match="character device"):
+        save_figure(fig, "/dev/null")
+    with pytest.raises(ConfigError, match="does not exist"):
+        save_figure(fig, tmp_path / "missing" / "maps")
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_save_leaves_the_old_file(tmp_path, rng, monkeypatch, error):
+    fig = plot_image(rng.random((3, 10, 10)))
+    (tmp_path / "maps.png").write_bytes(b"old")
+
+    def half_drawn(f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise error
+
+    monkeypatch.setattr(fig, "savefig", half_drawn)
+    with pytest.raises(error):
+        save_figure(fig, tmp_path / "maps.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.png"]
+    assert (tmp_path / "maps.png").read_bytes() == b"old"

@@ -28,3 +28,16 @@ def test_report_save_errors(tmp_path):
         Report("t").save(tmp_path / "nope" / "r.html")
     with pytest.raises(ConfigError, match="is a folder"):
         Report("t").save(tmp_path)
+
+
+def test_report_save_adds_html_refuses_other_suffixes_and_is_atomic(tmp_path, monkeypatch):
+    assert Report("t").save(tmp_path / "page") == tmp_path / "page.html"
+    with pytest.raises(ConfigError, match=r"unsupported suffix '\.png'"):
+        Report("t").save(tmp_path / "page.png")
+    with pytest.raises(ConfigError, match="exists"):
+        Report("t").save(tmp_path / "page.html", overwrite=False)
+    monkeypatch.setattr(Report, "html", lambda self: "\ud800 cannot be encoded")
+    with pytest.raises(UnicodeEncodeError):
+        Report("t").save(tmp_path / "page.html")
+    assert (tmp_path / "page.html").read_text().startswith("<!")  # the old page is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]

@@ -101,3 +101,38 @@ def test_bad_input_raises_config_error(call, words):
         call()
     assert isinstance(info.value, FeaturemapError)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: make_scene(1, size=1_000_000), "generating a scene of 1000000 x 1000000 pixels "
+                                            "would take 160 TB"),
+    (lambda: make_dataset(10**9, seed=0), "1000000000 scenes of 64 x 64 pixels would take 81.9 TB"),
+    (lambda: save_dataset("never-written", 10, seed=0, size=100_000), "a scene of 100000"),
+])
+def test_sizes_too_large_are_refused_before_allocating(call, words, refused_early):
+    refused_early(call, words)
+
+
+def test_save_dataset_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    import featuremap.shapes as shapes
+
+    real, made = shapes.make_scene, []
+
+    def interrupted(seed, *, size):
+        if len(made) == 3:
+            raise KeyboardInterrupt
+        made.append(seed)
+        return real(seed, size=size)
+
+    monkeypatch.setattr(shapes, "make_scene", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_dataset(tmp_path / "data", 10, seed=0, size=32, layout="segmentation")
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary folder
+    monkeypatch.setattr(shapes, "make_scene", real)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        save_dataset(tmp_path / "full", 2, seed=0, size=32)
+    (tmp_path / "empty").mkdir()
+    root = save_dataset(tmp_path / "empty", 2, seed=0, size=32)
+    assert len(list(root.glob("*/*.png"))) == 2

@@ -70,3 +70,12 @@ def test_bad_inputs(image):
         compute_maps(image, "sobel", channels="rgb")
     with pytest.raises(FeaturemapError, match="Did you mean 'sobel'"):
         compute_maps(image, "sobol")
+
+
+def test_maps_too_large_are_refused_before_computing(refused_early, monkeypatch):
+    monkeypatch.setenv("FEATUREMAP_MEMORY_LIMIT", "50MB")
+    big = np.zeros((1, 1000, 1000), np.float32)
+    refused_early(lambda: compute_maps(big, "gabor:16", padding="same"),
+                  "computing 16 feature maps of 1000 x 1000 would take 132 MB "
+                  r"\(limit 50.0 MB, set by FEATUREMAP_MEMORY_LIMIT\)")
+    refused_early(lambda: compute_maps(big, "random:100000:99"), "the 100000 filters of 99 x 99")

@@ -13,6 +13,7 @@ accumulated instead. No Python loop runs over pixels.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featuremap.arithmetic import Padding, Pair, output_size, pair, resolve_padding
+from featuremap.arithmetic import Padding, Pair, check_size, output_size, pair, resolve_padding
 from featuremap.errors import ConfigError
 
 __all__ = ["Explanation", "conv2d", "explain", "pad"]
@@ -125,7 +126,8 @@ def conv2d(
         float32 feature maps ``(D, H', W')``, or ``(N, D, H', W')`` for a batched input.
 
     Raises:
-        ConfigError: impossible shapes or settings, with the arithmetic that fails.
+        ConfigError: impossible shapes or settings, with the arithmetic that fails, or maps
+            too large for memory (refused before anything is computed).
 
     Example:
         >>> x = np.ones((1, 5, 5), np.float32); w = np.ones((2, 1, 3, 3), np.float32)
@@ -135,12 +137,40 @@ def conv2d(
     x, unbatched = _as_input(input)
     n, c, h, wd = x.shape
     w, b = _check_weight(weight, bias, c, groups)
-    s, d, pads, _ = _resolve((h, wd), w, stride, padding, dilation, padding_mode)
+    s, d, pads, out_hw = _resolve((h, wd), w, stride, padding, dilation, padding_mode)
+    _check_memory(x.shape, w.shape[0], pads, s, out_hw)
     xp = pad(x, pads, mode=padding_mode)
     out = _correlate(xp, w, s, d, groups)
     if b is not None:
         out += b[None, :, None, None]
     return out[0] if unbatched else out
+
+
+def _padded_bytes(shape: tuple[int, ...], pads: Padding) -> int:
+    """Bytes of the padded float32 copy of an input ``(..., H, W)`` (0 without padding)."""
+    if all(p == (0, 0) for p in pads):
+        return 0
+    lead = math.prod(shape[:-2])
+    return 4 * lead * (shape[-2] + sum(pads[0])) * (shape[-1] + sum(pads[1]))
+
+
+def _check_memory(shape: tuple[int, int, int, int], depth: int, pads: Padding, stride: Pair,
+                  out_hw: Pair) -> None:
+    """Refuse a convolution whose working memory would not fit, before computing it.
+
+    The peak holds the padded input (twice with a stride: its phases are copied), the output
+    and, tap by tap or for a band of images, one more output-sized product.
+    """
+    n, oh, ow = shape[0], *out_hw
+    padded = _padded_bytes(shape, pads) * (2 if stride != (1, 1) else 1)
+    need = padded + 2 * 4 * n * depth * oh * ow
+    images = f" for {n} images" if n > 1 else ""
+    maps = f"{depth} feature map{'s' if depth != 1 else ''}"
+    source = ""
+    if padded > 4 * n * depth * oh * ow:  # the padded input is what does not fit: say so
+        source = f" from the input padded to {shape[2] + sum(pads[0])} x {shape[3] + sum(pads[1])}"
+    check_size(need, what=f"computing {maps} of {oh} x {ow}{images}{source}",
+               fix="use a smaller image, fewer filters, a larger stride or less padding")
 
 
 IM2COL_BYTES = 8 * 2**20  # largest im2col buffer, kept per thread and reused band after band
@@ -358,6 +388,9 @@ def explain(
     cg = w.shape[1]
     group = dd // (w.shape[0] // groups)
     channels = tuple(range(group * cg, (group + 1) * cg))
+    c_h_w = (c, h, wd)
+    check_size(_padded_bytes(c_h_w, pads), what=f"padding the {c} x {h} x {wd} input to "
+               f"{h + sum(pads[0])} x {wd + sum(pads[1])}", fix="use less padding")
     xp = pad(x[0], pads, mode=padding_mode)
     patch = xp[np.ix_(channels, [r + pads[0][0] for r in rows], [q + pads[1][0] for q in cols])]
     padded = np.logical_or.outer([r < 0 or r >= h for r in rows], [q < 0 or q >= wd for q in cols])

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featuremap.arithmetic import check_size
 from featuremap.errors import ConfigError, unknown_name
 
 __all__ = ["FilterBank", "filter_bank", "list_filters"]
@@ -186,7 +187,8 @@ class FilterBank:
             ``(weight, names, groups)``: a fresh float32 array, one name per output channel, an int.
 
         Raises:
-            ConfigError: ``in_channels`` not a positive int, or not 1 in luminance mode.
+            ConfigError: ``in_channels`` not a positive int, or not 1 in luminance mode, or a
+                per-channel weight too large for memory.
             UnknownNameError: an unknown mode.
 
         Example:
@@ -206,6 +208,10 @@ class FilterBank:
                     f"mode='luminance' expects a 1-channel (grey) input, got in_channels="
                     f"{in_channels}; convert the image to grey first or use mode='per-channel'.")
             return self.kernels[:, None].copy(), self.names, 1
+        check_size(4 * in_channels * self.kernels.size + _FILTER_OVERHEAD * in_channels
+                   * self.depth, what=f"the weight of {self.depth} filters of {self.kernel_size}"
+                   f" x {self.kernel_size} on each of {in_channels} channels",
+                   fix="use fewer channels or filters")
         channels = ["R", "G", "B"] if in_channels == 3 else [f"c{c}" for c in range(in_channels)]
         weight = np.tile(self.kernels[:, None], (in_channels, 1, 1, 1))
         names = tuple(f"{n}[{c}]" for c in channels for n in self.names)
@@ -406,6 +412,54 @@ def _build_random(item: _Item, state: _State) -> Pairs:
     return [(f"random_{start + i}", k.astype(np.float32)) for i, k in enumerate(kernels)]
 
 
+def _odd_cells(radius: float) -> int:
+    """``2 * ceil(radius) + 1``, the side of a kernel reaching ``radius`` pixels from its centre
+    (capped far beyond any memory, so that huge arguments give a huge size, not an overflow)."""
+    return 2 * math.ceil(min(radius, 1e30)) + 1
+
+
+def _plan(item: _Item) -> tuple[int, int, int]:
+    """``(filters, kernel size, scratch bytes)`` that building ``item`` makes, from its
+    arguments alone (validated as the builders validate them), before anything is built."""
+    if item.name == "box":
+        size = item.odd_size(0, 3, "SIZE", minimum=1)
+        return 1, size, 8 * size * size
+    if item.name == "gaussian":
+        size = _odd_cells(3 * item.float_arg(0, 1.0, "SIGMA"))
+        return 1, size, 4 * 8 * size * size
+    if item.name == "gabor":
+        n = item.int_arg(0, 4, "N (the number of orientations)")
+        size = _odd_cells(2.5 * 0.56 * item.float_arg(1, 6.0, "WAVELENGTH (pixels per period)",
+                                                      minimum=2.0, inclusive=True))
+        return n, size, 12 * 8 * size * size  # one kernel's float64 temporaries at a time
+    if item.name == "random":
+        n = item.int_arg(0, 1, "N (the number of filters)")
+        size = item.odd_size(1, 3, "SIZE", minimum=3)
+        return n, size, 3 * 8 * n * size * size  # the float64 draws and their temporaries
+    return len(_GROUPS.get(item.name, (item.name,))), 3, 0
+
+
+_FILTER_OVERHEAD = 400  # bytes per filter beyond its kernel: name, tuple, array header
+
+
+def _check_plan(items: list[_Item]) -> None:
+    """Refuse a bank too large to build, before building it.
+
+    Every kernel is padded to the largest size and the padded kernels exist three times at
+    once (padded, stacked, the bank's own copy): ``3 * 4 * D * k * k`` bytes, plus the largest
+    item's float64 scratch.
+    """
+    plans = [_plan(item) for item in items]
+    depth = sum(n for n, _, _ in plans)
+    k = max(size for _, size, _ in plans)
+    need = 3 * 4 * depth * k * k + max(scratch for _, _, scratch in plans) \
+        + _FILTER_OVERHEAD * depth
+    side = f"{k}" if k < 10**9 else f"{k:.3g}"
+    check_size(need, what=f"the {depth} filter{'s' if depth != 1 else ''} of {side} x {side}",
+               fix="use fewer filters (a smaller N) or smaller kernels (a smaller SIZE, SIGMA or "
+                   "WAVELENGTH)")
+
+
 _BUILDERS: dict[str, Callable[[_Item, _State], Pairs]] = {
     "box": _build_box, "gaussian": _build_gaussian, "gabor": _build_gabor, "random": _build_random,
 }
@@ -484,7 +538,9 @@ def filter_bank(spec: str | Sequence[str] = "sobel", *, seed: int = 0) -> Filter
 
     Raises:
         UnknownNameError: an unknown filter name (with a did-you-mean).
-        ConfigError: an empty spec, a bad argument, or too many arguments.
+        ConfigError: an empty spec, a bad argument, too many arguments, or a bank too large
+            for memory (refused before anything is built; see
+            :func:`featuremap.arithmetic.check_size`).
 
     Example:
         >>> bank = filter_bank("sobel,gabor:8,random:4", seed=1)
@@ -495,6 +551,7 @@ def filter_bank(spec: str | Sequence[str] = "sobel", *, seed: int = 0) -> Filter
         raise ConfigError(f"seed must be an integer, got {seed!r}.")
     state = _State(np.random.default_rng(int(seed)))
     items = [_parse_item(text) for text in _split_spec(spec)]  # validate all before building
+    _check_plan(items)
     return _bank_from([pair for item in items for pair in _build(item, state)])
 
 

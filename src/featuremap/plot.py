@@ -2,7 +2,11 @@
 
 matplotlib is imported inside the functions, so ``import featuremap`` stays light. Figures are
 built with the object-oriented API (no pyplot state): they display inline in notebooks and are
-written to PNG with :func:`save_figure`.
+written to PNG (or SVG, PDF, JPEG) with :func:`save_figure`, atomically.
+
+Names and titles are data, not markup: every text a figure shows is drawn literally (no
+mathtext, so ``$x^2$`` in a file name stays ``$x^2$``; no LaTeX even where ``text.usetex`` is
+set), with control characters written as escapes (``\\x1b``), see :func:`plain_text`.
 
 Colour scales are honest: maps with negative values get a diverging scale centred on zero
 (blue negative, red positive); non-negative maps get a sequential scale from their minimum to
@@ -11,21 +15,26 @@ their maximum. Every figure states the scale it used.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featuremap.errors import ConfigError
+from featuremap.errors import ConfigError, printable
+from featuremap.outputs import atomic_write, check_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
 __all__ = [
+    "FIGURE_SUFFIXES",
     "Panel",
+    "literal_text",
     "plot_comparison",
     "plot_explanation",
     "plot_filters",
@@ -37,12 +46,77 @@ __all__ = [
     "plot_receptive_field",
     "plot_receptive_fields",
     "plot_segmentation",
+    "plain_text",
     "save_figure",
     "select_channels",
     "upsample",
 ]
 
 DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+"""The files :func:`save_figure` writes (by suffix; ``.png`` is added to a name without one)."""
+
+
+# ------------------------------------------------------------------------- text is data
+def plain_text(text: object, *, lines: bool = False) -> str:
+    """A user-supplied string (a file, layer, filter or class name, a title) as a figure shows
+    it: control characters escaped as ``repr`` escapes them (:func:`~featuremap.errors.printable`),
+    every other character kept; with ``lines``, line breaks are kept as line breaks.
+
+    Figures made here also draw every text literally (see :func:`literal_text`), so ``$`` and
+    backslashes need no escaping.
+
+    Example:
+        >>> plain_text("scan\\x1b[31m $x^2$.png")
+        'scan\\\\x1b[31m $x^2$.png'
+        >>> plain_text("layer1\\nstride 2", lines=True)
+        'layer1\\nstride 2'
+    """
+    if lines:
+        return "\n".join(printable(line) for line in str(text).split("\n"))
+    return printable(text)
+
+
+def _texts(fig: Figure) -> Iterator[Text]:
+    """Every text of a figure that can hold a caller's string: titles, axis labels, texts,
+    legends (not tick labels: those are numbers, formatted by matplotlib)."""
+    yield from fig.texts  # the suptitle among them
+    for legend in fig.legends:
+        yield legend.get_title()
+        yield from legend.get_texts()
+    axes = list(fig.axes)
+    while axes:
+        ax = axes.pop()
+        axes.extend(ax.child_axes)
+        yield from (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label)
+        yield from ax.texts
+        legend = ax.get_legend()
+        if legend is not None:
+            yield legend.get_title()
+            yield from legend.get_texts()
+
+
+def literal_text(fig: Figure) -> Figure:
+    """Make every title, label, text and legend of ``fig`` literal: no mathtext (``$`` is a
+    dollar sign), no LaTeX, control characters escaped (line breaks kept). Returns ``fig``.
+
+    Every figure of this module has been through it; use it on figures built elsewhere that
+    show names or titles a user chose.
+    """
+    for text in _texts(fig):
+        text.set_text(plain_text(text.get_text(), lines=True))
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
+
+
+def _literal(make: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Decorator: the figure a plot function returns shows its texts literally."""
+    @functools.wraps(make)
+    def wrapper(*args, **kwargs) -> Figure:
+        return literal_text(make(*args, **kwargs))
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -72,6 +146,7 @@ def _check_maps(maps: np.ndarray) -> np.ndarray:
     return a
 
 
+@_literal
 def plot_maps(
     maps: np.ndarray,
     *,
@@ -100,7 +175,8 @@ def plot_maps(
     """
     a = _check_maps(maps)
     d, h, w = a.shape
-    labels = list(names) if names is not None else [f"map {i}" for i in range(d)]
+    labels = [plain_text(n) for n in names] if names is not None else [f"map {i}"
+                                                                        for i in range(d)]
     if len(labels) != d:
         raise ConfigError(f"{len(labels)} names given for {d} maps.")
     cols = columns or max(1, min(d, math.ceil(math.sqrt(d * 1.5))))
@@ -155,6 +231,7 @@ def _tile_layout(d: int, h: int, w: int, gap: int) -> tuple[int, list[tuple[int,
     return columns, [((i // columns) * (h + gap), (i % columns) * (w + gap)) for i in range(d)]
 
 
+@_literal
 def plot_comparison(
     panels: Sequence[Panel],
     *,
@@ -205,7 +282,7 @@ def plot_comparison(
             ax.imshow(m, cmap=s.cmap, vmin=s.vmin, vmax=s.vmax, interpolation="nearest",
                       extent=(x, x + m.shape[1], y + m.shape[0], y))
             if i < len(panel.names) and tile_inches >= 0.35:  # name the map in its corner
-                name = panel.names[i]
+                name = plain_text(panel.names[i])
                 size = min(7.0, max(4.0, tile_inches * 72 / (0.62 * len(name) + 1)))
                 ax.text(x + 0.02 * m.shape[1], y + 0.02 * m.shape[0], name, fontsize=size,
                         va="top", ha="left", bbox=dict(boxstyle="square,pad=0.15", fc="white",
@@ -225,6 +302,7 @@ def plot_comparison(
     return fig
 
 
+@_literal
 def plot_image(image: np.ndarray, *, title: str = "", inches: float = 4.0) -> Figure:
     """Show an image given as ``(C, H, W)`` or ``(H, W)`` floats in [0, 1]."""
     a = np.asarray(image, dtype=np.float32)
@@ -244,21 +322,32 @@ def _figure(width: float, height: float, layout: str | None = None) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG to ``path`` (its folder must exist); return the path.
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110, overwrite: bool = True) -> Path:
+    """Write ``fig`` to ``path``, atomically; return the path written.
+
+    The format follows the suffix: ``.png``, ``.svg``, ``.pdf``, ``.jpg``/``.jpeg``
+    (:data:`FIGURE_SUFFIXES`); a name without a suffix gets ``.png``, and the path returned is
+    that name. The path is checked before anything is drawn, and the file is written beside
+    its target and moved into place when complete: an error or Ctrl-C leaves no partial file.
+
+    Args:
+        fig: the figure.
+        path: the file to write; its folder must exist.
+        dpi: resolution of raster formats.
+        overwrite: replace an existing file (the CLI checks ``--overwrite`` before the work,
+            with :func:`featuremap.outputs.check_output`).
 
     Raises:
-        ConfigError: the folder does not exist, or the path is a folder.
+        ConfigError: an unsupported suffix (the message lists the supported ones), a missing
+            or unwritable folder, a path that is a folder or a special file (a device, a FIFO),
+            or an existing file without ``overwrite``.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"--out '{p}' is a folder; give a file name such as '{p / 'maps.png'}'.")
-    if not p.parent.exists():
-        raise ConfigError(
-            f"cannot write '{p}': the folder '{p.parent}' does not exist. Create it first or "
-            "choose another path."
-        )
-    fig.savefig(p, dpi=dpi, bbox_inches="tight", facecolor="white")
+    p = check_output(path, suffixes=FIGURE_SUFFIXES, default_suffix=".png", overwrite=overwrite,
+                     what="figure")
+    kind = p.suffix.lower().lstrip(".")
+    with atomic_write(p) as f:
+        fig.savefig(f, format="jpeg" if kind == "jpg" else kind, dpi=dpi, bbox_inches="tight",
+                    facecolor="white")
     return p
 
 
@@ -289,6 +378,7 @@ def select_channels(maps: np.ndarray, *, top: int | None = None,
     return [int(i) for i in np.argsort(-maps.reshape(maps.shape[0], -1).mean(1))[:top]]
 
 
+@_literal
 def plot_layer(fm, layer: str, *, image: int = 0, top: int | None = 16,
                channels: Sequence[int] | None = None, shared_scale: bool = False,
                note: str = "") -> Figure:
@@ -311,12 +401,14 @@ def plot_layer(fm, layer: str, *, image: int = 0, top: int | None = 16,
            f"top {len(chosen)} of {maps.shape[0]} by mean activation"
            if len(chosen) < maps.shape[0] else f"all {maps.shape[0]} channels")
     stride = f", stride {meta.stride[0]:g}" if meta.stride else ""
-    title = f"{fm.model_name} {layer} ({meta.type}{stride}), {how}".strip()
+    title = (f"{plain_text(fm.model_name)} {plain_text(layer)} ({plain_text(meta.type)}{stride}),"
+             f" {how}").strip()
     if note:
         title += f", {note}"
     return plot_maps(maps[chosen], names=names, title=title, shared_scale=shared_scale)
 
 
+@_literal
 def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float = 1.25,
                   note: str = "", labels: dict[str, str] | None = None) -> Figure:
     """One row per layer, low to high: the input, then each layer's strongest channels.
@@ -337,9 +429,10 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
         maps = _layer_maps(fm, name, image)
         chosen = select_channels(maps, top=per_layer)
         meta = fm.meta[name]
-        row_label = "\n".join([name, " x ".join(map(str, maps.shape))]
+        row_label = "\n".join([plain_text(name), " x ".join(map(str, maps.shape))]
                               + ([f"stride {meta.stride[0]:g}"] if meta.stride else [])
-                              + ([labels[name]] if labels and labels.get(name) else []))
+                              + ([plain_text(labels[name])] if labels and labels.get(name)
+                                 else []))
         if has_input:
             ax = fig.add_subplot(grid[r, 0])
             ax.imshow(np.clip(np.moveaxis(fm.images[image], 0, -1), 0, 1))
@@ -356,9 +449,9 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
             if k == 0 and not has_input:
                 ax.set_ylabel(row_label, fontsize=7.5, rotation=0, ha="right", va="center")
     extra = f"; {note}" if note else ""
-    fig.suptitle(_wrap(f"{fm.model_name}: feature maps from low to high layers (strongest "
-                       f"{per_layer} channels per layer, each on its own scale{extra})".strip(),
-                       fig), fontsize=10)
+    fig.suptitle(_wrap(f"{plain_text(fm.model_name)}: feature maps from low to high layers "
+                       f"(strongest {per_layer} channels per layer, each on its own scale"
+                       f"{extra})".strip(), fig), fontsize=10)
     return fig
 
 
@@ -373,6 +466,7 @@ def upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                                                           Image.Resampling.BILINEAR))
 
 
+@_literal
 def plot_overlay(image: np.ndarray, heat: np.ndarray, *, title: str = "", alpha: float = 0.5,
                  label: str = "activation", inches: float = 4.5) -> Figure:
     """A heatmap over the image it came from: ``image`` ``(3, H, W)`` in [0, 1], ``heat`` 2-D.
@@ -398,6 +492,7 @@ def plot_overlay(image: np.ndarray, heat: np.ndarray, *, title: str = "", alpha:
     return fig
 
 
+@_literal
 def plot_filters(weight: np.ndarray, *, title: str = "", max_filters: int = 64) -> Figure:
     """The filters (weights) of a convolution ``(D, C, kH, kW)``.
 
@@ -464,7 +559,8 @@ def _segmentation_parts(seg) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     if a.ndim != 3 or a.shape[0] != 3 or a.shape[1:] != labels.shape:
         raise ConfigError(f"the image must be (3, H, W) with the labels' size {labels.shape}, "
                           f"got {a.shape}.")
-    return np.clip(np.moveaxis(a, 0, -1), 0, 1), labels, list(names), default.strip(": ")
+    return (np.clip(np.moveaxis(a, 0, -1), 0, 1), labels, [plain_text(n) for n in names],
+            plain_text(default.strip(": ")))
 
 
 def _check_labels(labels, k: int, what: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -509,6 +605,7 @@ def _percent(share: float) -> str:
     return "<0.1%" if 0 < share < 0.0005 else f"{share:.1%}"
 
 
+@_literal
 def plot_segmentation(seg, *, title: str = "", alpha: float = 0.5,
                       truth: np.ndarray | None = None, inches: float = 3.2) -> Figure:
     """An image, its label map and their overlay, with a legend of names and pixel shares.
@@ -577,6 +674,7 @@ def _segmentation_figure(panels: list[tuple[str, np.ndarray]], entries: list[tup
     return fig
 
 
+@_literal
 def plot_receptive_field(image: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarray, *,
                          title: str = "", inches: float = 4.5) -> Figure:
     """The analytic receptive field (a rectangle) and the effective one (gradient magnitude as a
@@ -632,6 +730,7 @@ def _rf_zoom(ax, rgb: np.ndarray, box: tuple[int, int, int, int], erf: np.ndarra
     ax.indicate_inset_zoom(inset, edgecolor="#00d0ff", alpha=0.8)
 
 
+@_literal
 def plot_receptive_fields(image: np.ndarray, panels: Sequence[tuple[str, tuple, np.ndarray]], *,
                           title: str = "", inches: float = 3.2) -> Figure:
     """Several receptive fields side by side over one image: ``panels`` holds ``(label, box,
@@ -715,6 +814,7 @@ def _unit(factor: float) -> str:
     return f" (unit {1 / factor:g})"
 
 
+@_literal
 def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
     """Patch x kernel = products of one value, one row per input channel (see
     :func:`featuremap.conv.explain` and :func:`featuremap.explain`).
@@ -756,7 +856,8 @@ def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
                 ax.set_title(label + _unit(factor), fontsize=9)
             if col == 0:
                 ch = e.channels[k]
-                name = e.channel_names[ch] if ch < len(e.channel_names) else f"channel {ch}"
+                name = (plain_text(e.channel_names[ch]) if ch < len(e.channel_names)
+                        else f"channel {ch}")
                 ax.set_ylabel(f"{name}\nsum {sums[k]:.4g}", fontsize=8)
         bar = fig.colorbar(shown, ax=axes, location="bottom", fraction=0.05, pad=0.02,
                            shrink=0.9)
@@ -770,7 +871,7 @@ def plot_explanation(e, *, max_channels: int = 8, title: str = "") -> Figure:
     total = e.products.sum(dtype=np.float64)
     parts_text = (f" ({len(order)} drawn {sums[order].sum():.4g} + the other {len(rest)} "
                   f"{sums[rest].sum():.4g})") if rest else ""
-    name = f" ({e.map_name})" if e.map_name else ""
+    name = f" ({plain_text(e.map_name)})" if e.map_name else ""
     head = title or f"map {d}{name} at row {y}, col {x}"
     fig.suptitle(_wrap(f"{head}\nsum of products {total:.5g}{parts_text} "
                        f"+ bias {e.bias:.4g} = {e.value:.5g}"

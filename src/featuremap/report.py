@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featuremap.errors import ConfigError
+from featuremap.outputs import atomic_write, check_output
 
 __all__ = ["Report", "png_bytes"]
 
@@ -102,14 +102,23 @@ class Report:
             "</body></html>\n"
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write the report; the folder must exist."""
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"'{p}' is a folder; give a file name such as '{p / 'report.html'}'.")
-        if not p.parent.exists():
-            raise ConfigError(f"cannot write '{p}': the folder '{p.parent}' does not exist.")
-        p.write_text(self.html(), encoding="utf-8")
+    def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the report (UTF-8), atomically; return the path written.
+
+        A name without a suffix gets ``.html``; the folder must exist. The page is written
+        beside its target and moved into place when complete, so an error or Ctrl-C leaves no
+        partial page.
+
+        Raises:
+            ConfigError: a suffix other than ``.html``/``.htm``, a missing or unwritable
+                folder, a folder or special file at ``path``, or an existing file without
+                ``overwrite``.
+        """
+        p = check_output(path, suffixes=(".html", ".htm"), default_suffix=".html",
+                         overwrite=overwrite, what="report")
+        page = self.html()
+        with atomic_write(p, mode="w", encoding="utf-8") as f:
+            f.write(page)
         return p
 
 
