@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from featuremap.bundled.scenes import CLASSES, make_scene, save_dataset
 from featuremap.errors import ConfigError, UnknownNameError
 from featuremap.extraction import extract
-from featuremap.bundled.scenes import CLASSES, make_scene, save_dataset
 from featuremap.tasks.cam import CamResult, cam, default_cam_layer, grad_cam
 from featuremap.tasks.probe import probe
 from featuremap.tasks.topk import Classification, classify

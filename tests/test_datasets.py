@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featuremap.bundled.scenes import CLASSES, save_dataset
 from featuremap.datasets import (
     Collection,
     Item,
@@ -25,7 +26,6 @@ from featuremap.datasets import (
 )
 from featuremap.errors import ConfigError, ImageError, UnknownNameError
 from featuremap.preprocess import Preprocess
-from featuremap.bundled.scenes import CLASSES, save_dataset
 
 
 def png(path: Path, size: tuple[int, int] = (8, 8), value: int = 0, mode: str = "RGB") -> Path:
@@ -591,5 +591,5 @@ def test_names_and_messages_escape_control_characters(tmp_path):
     with pytest.raises(ConfigError) as info:
         open_collection(seg)
     assert "\x1b" not in str(info.value) and "\\x1b]0;x\\x07.png" in str(info.value)
-    assert printable("a\u202eb\udcff\tc") == "a\\u202eb\\xff\\tc"
+    assert printable("a\u202eb\udcff\tc") == "a\\u202eb\\udcff\\tc"
     assert printable("café ☕") == "café ☕"

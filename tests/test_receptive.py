@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from featuremap.errors import ConfigError
 from featuremap.effective import empirical_receptive_field
+from featuremap.errors import ConfigError
 from featuremap.receptive import receptive_field, receptive_fields
 
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from featuremap.errors import ConfigError, UnknownNameError, WeightsError
-from featuremap.plot import plot_segmentation, save_figure
 from featuremap.bundled.network import SEGMENTATION_CLASSES
 from featuremap.bundled.scenes import make_scene, save_dataset
+from featuremap.errors import ConfigError, UnknownNameError, WeightsError
+from featuremap.plot import plot_segmentation, save_figure
 from featuremap.tasks.clusters import _pixel_features, cluster_segments
 from featuremap.tasks.segfit import _scores, fit_seg_head
 from featuremap.tasks.seghead import SegHeadResult, apply_seg_head, load_seg_head

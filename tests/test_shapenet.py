@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from featuremap.errors import ConfigError
 from featuremap.bundled.network import (
     CATEGORIES,
     SEGMENTATION_CLASSES,
@@ -16,6 +15,7 @@ from featuremap.bundled.network import (
     weights_path,
 )
 from featuremap.bundled.scenes import CLASSES, make_dataset
+from featuremap.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featuremap.errors import ConfigError, FeaturemapError
 from featuremap.bundled.scenes import (
     CLASSES,
     make_dataset,
@@ -12,6 +11,7 @@ from featuremap.bundled.scenes import (
     save_dataset,
     scene_seed,
 )
+from featuremap.errors import ConfigError, FeaturemapError
 
 
 def test_same_seed_same_scene_and_different_seeds_differ():

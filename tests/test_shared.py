@@ -9,13 +9,13 @@ import pytest
 import torch
 import torchvision
 
-from featuremap.errors import ConfigError
 from featuremap.bundled.scenes import make_scene
+from featuremap.errors import ConfigError
 from featuremap.tasks.cam import grad_cam
 from featuremap.tasks.clusters import cluster_segments
 from featuremap.tasks.segnets import segment
-from featuremap.tasks.topk import classify
 from featuremap.tasks.shared import analyse
+from featuremap.tasks.topk import classify
 from featuremap.zoo import load_model
 
 

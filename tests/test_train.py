@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from featuremap.errors import ConfigError
 from featuremap.bundled.network import ShapesNet, bundled
 from featuremap.bundled.scenes import CLASSES
 from featuremap.bundled.train import (
@@ -16,6 +15,7 @@ from featuremap.bundled.train import (
     train_data_seed,
     train_shapes,
 )
+from featuremap.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

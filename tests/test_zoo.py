@@ -16,7 +16,6 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.models import get_model, get_model_weights  # noqa: E402
 
-import featuremap  # noqa: E402
 from featuremap.errors import (  # noqa: E402
     FeaturemapError,
     ModelError,

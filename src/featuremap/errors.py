@@ -98,7 +98,8 @@ def printable(text: object) -> str:
     Escaped: C0/C1 controls (ESC, newline, tab, DEL, ...), line and paragraph separators, the
     bidirectional overrides (which reorder what a terminal shows), and the bytes that are not
     UTF-8 in a file name (``os.fsdecode`` keeps them as lone surrogates, which cannot even be
-    printed): shown as ``\\xff``. Everything else, accents and other scripts included, is kept.
+    printed): shown as ``\\udcff``, so every name maps to one text and back. Everything else,
+    accents and other scripts included, is kept.
 
     Args:
         text: a file name, a path or a message holding one.
@@ -120,8 +121,6 @@ def _escape(ch: str) -> str:
     if ch in _NAMED:
         return _NAMED[ch]
     code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it
-        return f"\\x{code - 0xDC00:02x}"
     if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
         if code < 0x100:
             return f"\\x{code:02x}"
