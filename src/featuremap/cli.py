@@ -161,6 +161,7 @@ def shape(
     kernel: Annotated[str, typer.Option(help="Kernel size: N or H,W.")] = "3",
     stride: Stride = "1",
     padding: Padding = "0",
+    padding_mode: PaddingMode = "zeros",
     dilation: Dilation = "1",
     depth: Annotated[int, typer.Option(help="Number of filters (feature maps).")] = 64,
     in_channels: Annotated[int, typer.Option("--in-channels", help="Input channels.")] = 3,
@@ -172,7 +173,7 @@ def shape(
     cost = conv_cost(_pair_opt(input, "input"), _pair_opt(kernel, "kernel"), depth=depth,
                      in_channels=in_channels, stride=_pair_opt(stride, "stride"),
                      padding=_padding_opt(padding), dilation=_pair_opt(dilation, "dilation"),
-                     groups=groups)
+                     groups=groups, padding_mode=padding_mode)
     typer.echo(str(cost))
 
 
