@@ -262,8 +262,11 @@ def padding_only(
 
 def _padding_only_axis(n: int, k: int, s: int, d: int, pads: tuple[int, int],
                        out: int) -> tuple[int, ...]:
-    if max(pads) <= d * (k - 1) and d <= n:
-        return ()  # every window reaches the input, and its taps are closer than its size
+    reach = d * (k - 1)
+    if d <= n:  # taps closer than the input's size: only windows wholly before or after it
+        before = max(0, -(-(pads[0] - reach) // s))  # y * s - pad + reach < 0
+        after = max(0, out - ((n - 1 + pads[0]) // s + 1))  # y * s - pad > n - 1
+        return tuple(range(min(before, out))) + tuple(range(out - after, out))
     blind = []
     for y in range(out):
         first = y * s - pads[0]  # input index of the first tap
