@@ -6,9 +6,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featuremap.arithmetic import (
+    PADDING_MODES,
     RFStep,
     conv_cost,
     output_size,
+    padding_notes,
+    padding_only,
     resolve_padding,
     rf_step,
     same_padding,
@@ -21,7 +24,7 @@ def conv_settings(draw):
     k = draw(st.integers(1, 7))
     d = draw(st.integers(1, 3))
     eff = d * (k - 1) + 1
-    p = draw(st.integers(0, eff - 1))
+    p = draw(st.integers(0, eff + 5))  # beyond eff - 1: outer rows see only padding
     s = draw(st.integers(1, 4))
     n = draw(st.integers(max(1, eff - 2 * p), 40))
     return n, k, s, p, d
@@ -86,9 +89,118 @@ def test_error_negative_padding():
         output_size(10, 3, padding=-1)
 
 
-def test_error_padding_larger_than_kernel_allows():
-    with pytest.raises(ConfigError, match="padding 3 is larger than kernel 3 with dilation 1"):
-        output_size(10, 3, padding=3)
+def test_padding_larger_than_kernel_reach_is_computed_with_a_note():
+    # once refused; torch computes it, so the outer rows and columns see only padding
+    conv = torch.nn.Conv2d(1, 1, 3, padding=3, bias=False)
+    with torch.no_grad():
+        real = conv(torch.zeros(1, 1, 10, 10)).shape[-2:]
+    assert output_size(10, 3, padding=3) == tuple(real) == (14, 14)
+    cost = conv_cost(10, 3, depth=1, in_channels=1, padding=3)
+    assert cost.output_shape == (1, 14, 14)
+    assert cost.notes == ("padding 3 > dilation x (kernel - 1) = 2: in each map, the outer row "
+                          "and column on each side see only padding (zeros).",)
+    assert str(cost).endswith("\nnote    " + cost.notes[0])
+    assert padding_only(10, 3, padding=3) == ((0, 13), (0, 13))
+
+
+def test_padding_notes_name_the_rows_and_columns():
+    assert padding_notes(10, 3, padding=5) == (
+        "padding 5 > dilation x (kernel - 1) = 2: in each map, the outer 3 rows and columns on "
+        "each side see only padding (zeros).",)
+    h, w = padding_notes(10, 3, padding=(4, 3), stride=3)  # the stride skips the last column
+    assert h == ("padding 4 > dilation x (kernel - 1) = 2: in each map, the outer row on each "
+                 "side see only padding (zeros).")
+    assert w == ("padding 3 > dilation x (kernel - 1) = 2: in each map, the first column sees "
+                 "only padding (zeros).")
+    assert padding_notes(10, 3, padding=(3, 0), padding_mode="reflect") == (
+        "padding 3 > dilation x (kernel - 1) = 2: in each map, the outer row on each side see "
+        "only padding (the image reflected at its border).",)
+    # the taps of a dilated kernel can step over a small input without any large padding
+    assert padding_notes(2, 2, padding=1, dilation=3)[0].startswith(
+        "dilation 3 > input size 2 (the kernel taps step over the input): in each map, the only "
+        "row and column")
+    assert padding_notes(224, 3, padding=1) == () == conv_cost(224, 3, depth=1).notes
+    assert "note" not in str(conv_cost(224, 3, depth=64, padding=1))
+
+
+@st.composite
+def axis_settings(draw):
+    k, d, s = draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    p = draw(st.integers(0, d * (k - 1) + 6))
+    n = draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 20))
+    return n, k, s, p, d
+
+
+@settings(max_examples=200, deadline=None)
+@given(axis_settings(), axis_settings())
+def test_padding_only_matches_torch(rows, cols):
+    # ones convolved with ones, one axis at a time: 0 where every tap falls in the (zero) padding
+    def blind(n, k, s, p, d):
+        with torch.no_grad():
+            out = torch.nn.functional.conv1d(torch.ones(1, 1, n), torch.ones(1, 1, k), stride=s,
+                                             padding=p, dilation=d)[0, 0]
+        return tuple(int(i) for i in torch.nonzero(out == 0).flatten())
+
+    (nh, kh, sh, ph, dh), (nw, kw, sw, pw, dw) = rows, cols
+    blind_rows, blind_cols = blind(*rows), blind(*cols)
+    got = padding_only((nh, nw), (kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw))
+    assert got == (blind_rows, blind_cols)
+    notes = padding_notes((nh, nw), (kh, kw), stride=(sh, sw), padding=(ph, pw),
+                          dilation=(dh, dw))
+    assert bool(notes) == bool(blind_rows or blind_cols)
+    assert all("see only padding (zeros)" in n or "sees only padding (zeros)" in n for n in notes)
+
+
+def _torch_shape(n, k, s, p, d, mode):
+    """Output (H, W) of torch's Conv2d on a (1, 1, n, n + 1) input, or None where torch refuses."""
+    try:
+        layer = torch.nn.Conv2d(1, 1, k, stride=s, padding=p, dilation=d, padding_mode=mode)
+        with torch.no_grad():
+            return tuple(layer(torch.zeros(1, 1, n, n + 1)).shape[-2:])
+    except (RuntimeError, ValueError):
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(1, 3), st.integers(0, 14),
+       st.integers(1, 3), st.sampled_from(PADDING_MODES))
+def test_conv_cost_matches_torch_or_both_refuse(n, k, s, p, d, mode):
+    real = _torch_shape(n, k, s, p, d, mode)
+    if real is None:
+        with pytest.raises(ConfigError):
+            conv_cost((n, n + 1), k, depth=1, in_channels=1, stride=s, padding=p, dilation=d,
+                      padding_mode=mode)
+        return
+    cost = conv_cost((n, n + 1), k, depth=1, in_channels=1, stride=s, padding=p, dilation=d,
+                     padding_mode=mode)
+    assert cost.output_shape[1:] == real
+    assert output_size((n, n + 1), k, stride=s, padding=p, dilation=d,
+                       padding_mode=mode) == real
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "ok", "refused", "match"),
+    [
+        ("reflect", 4, 3, 4, "reflect padding 4 needs padding < the input size 4 along the height"),
+        ("circular", 4, 4, 5, "circular padding 5 needs padding <= the input size 4 along the"),
+        ("replicate", 4, 40, None, None),
+        ("zeros", 4, 40, None, None),
+    ],
+)
+def test_padding_mode_limits_are_torch_limits(mode, size, ok, refused, match):
+    assert _torch_shape(size, 3, 1, ok, 1, mode) == output_size(
+        (size, size + 1), 3, padding=ok, padding_mode=mode)
+    if refused is not None:
+        assert _torch_shape(size, 3, 1, refused, 1, mode) is None
+        with pytest.raises(ConfigError, match=match) as err:
+            output_size((size, size + 1), 3, padding=refused, padding_mode=mode)
+        assert "\n" not in str(err.value) and "'zeros' or 'replicate'" in str(err.value)
+
+
+def test_error_unknown_padding_mode():
+    with pytest.raises(ConfigError, match="padding_mode must be one of zeros, reflect, replicate, "
+                       "circular, got 'mirror'"):
+        conv_cost(10, 3, depth=1, padding_mode="mirror")
 
 
 @pytest.mark.parametrize("bad", ["full", 1.5, (1, 2, 3), True])

@@ -78,6 +78,25 @@ def test_shape_prints_formula_macs_bytes(capsys):
     assert "21,676,032" in out and "3,211,264 bytes" in out
 
 
+def test_shape_and_conv_note_padding_beyond_the_kernel(photo, tmp_path, capsys):
+    note = ("note    padding 5 > dilation x (kernel - 1) = 2: in each map, the outer 3 rows and "
+            "columns on each side see only padding (zeros).")
+    out = run_ok(["shape", "--input", "10", "--kernel", "3", "--padding", "5"], capsys)
+    assert "64 x 18 x 18" in out and note in out
+    out = run_ok(["conv", str(photo), "--padding", "5", "--out", str(tmp_path / "m.png")], capsys)
+    assert "2 x 48 x 56" in out and note in out
+    assert "note" not in run_ok(["shape", "--padding", "1"], capsys)
+
+
+def test_shape_padding_mode_limits(capsys):
+    line = run_error(["shape", "--input", "4", "--kernel", "3", "--padding", "4",
+                      "--padding-mode", "reflect"], capsys)
+    assert "reflect padding 4 needs padding < the input size 4" in line
+    out = run_ok(["shape", "--input", "4", "--kernel", "3", "--padding", "4", "--padding-mode",
+                  "circular"], capsys)
+    assert "64 x 10 x 10" in out and "(the image wrapped around from the opposite side)" in out
+
+
 def test_explain_engine(photo, capsys):
     out = run_ok(["explain", str(photo), "--filters", "sobel", "--at", "1,0,5", "--padding",
                   "1"], capsys)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featuremap.arithmetic import resolve_padding
+from featuremap.arithmetic import conv_cost, padding_only, resolve_padding
 from featuremap.conv import conv2d, explain
 from featuremap.errors import ConfigError
 
@@ -40,8 +40,9 @@ def conv_case(draw):
     mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     h = draw(st.integers(dil * (kh - 1) + 1, 16))
     w = draw(st.integers(dil * (kw - 1) + 1, 16))
-    limit_h = min(dil * (kh - 1), h - 1 if mode == "reflect" else h)
-    limit_w = min(dil * (kw - 1), w - 1 if mode == "reflect" else w)
+    # up to 3 beyond dil * (k - 1), where the outer values see only padding
+    limit_h = min(dil * (kh - 1) + 3, h - 1 if mode == "reflect" else h)
+    limit_w = min(dil * (kw - 1) + 3, w - 1 if mode == "reflect" else w)
     padding = draw(st.one_of(
         st.tuples(st.integers(0, limit_h), st.integers(0, limit_w)),
         st.just("valid"),
@@ -73,6 +74,108 @@ def test_conv2d_matches_torch(case):
     assert got.shape == expected.shape
     scale = np.abs(expected).max() + 1e-6
     assert np.abs(got - expected).max() <= 1e-5 * scale + 1e-6
+
+
+@st.composite
+def any_case(draw):
+    """Any setting, torch-accepted or not: small inputs, padding up to far beyond the kernel."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    hw = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    padding = draw(st.one_of(
+        st.tuples(st.integers(0, dil[0] * (kh - 1) + 5), st.integers(0, dil[1] * (kw - 1) + 5)),
+        st.integers(0, 12),
+        st.just("valid"),
+        st.just("same") if stride == (1, 1) else st.just("valid"),  # torch: 'same' at stride 1
+    ))
+    return dict(groups=groups, cg=draw(st.integers(1, 2)), dg=draw(st.integers(1, 2)),
+                k=(kh, kw), dilation=dil, stride=stride, mode=mode, hw=hw, padding=padding,
+                n=draw(st.integers(1, 2)), bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_case())
+def test_conv2d_equals_torch_module_or_both_refuse(case):
+    """nn.Conv2d is the oracle (it pads with F.pad for the non-zero modes): where it computes,
+    conv2d gives the same values and conv_cost the same shape; where it refuses, so do they."""
+    rng = np.random.default_rng(case["seed"])
+    c, d = case["groups"] * case["cg"], case["groups"] * case["dg"]
+    x = rng.standard_normal((case["n"], c, *case["hw"])).astype(np.float32)
+    layer = torch.nn.Conv2d(c, d, case["k"], stride=case["stride"], padding=case["padding"],
+                            dilation=case["dilation"], groups=case["groups"], bias=case["bias"],
+                            padding_mode=case["mode"])
+    w = layer.weight.detach().numpy()
+    b = layer.bias.detach().numpy() if case["bias"] else None
+    opts = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], padding_mode=case["mode"])
+    cost_opts = dict(depth=d, in_channels=c, stride=case["stride"], padding=case["padding"],
+                     dilation=case["dilation"], groups=case["groups"], padding_mode=case["mode"])
+    try:
+        with torch.no_grad():
+            expected = layer(torch.from_numpy(x)).numpy()
+    except RuntimeError:
+        with pytest.raises(ConfigError) as err:
+            conv2d(x, w, b, **opts)
+        assert "\n" not in str(err.value)
+        with pytest.raises(ConfigError):
+            conv_cost(case["hw"], case["k"], **cost_opts)
+        return
+    got = conv2d(x, w, b, **opts)
+    assert got.shape == expected.shape
+    scale = np.abs(expected).max() + 1e-6
+    assert np.abs(got - expected).max() <= 1e-5 * scale + 1e-6
+    assert conv_cost(case["hw"], case["k"], **cost_opts).output_shape == expected.shape[1:]
+
+
+def test_padding_beyond_the_kernel_equals_torch_and_outer_values_see_only_padding(rng):
+    # once refused: padding 5 > dilation * (kernel - 1) = 2
+    x = rng.standard_normal((2, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    b = np.array([0.5, -1.0, 2.0], np.float32)
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                        padding=5).numpy()
+    got = conv2d(x, w, b, padding=5)
+    assert got.shape == expected.shape == (3, 15, 17)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    rows, cols = padding_only((7, 9), 3, padding=5)
+    assert rows == (0, 1, 2, 12, 13, 14) and cols == (0, 1, 2, 14, 15, 16)
+    for r in rows:  # only the bias is left where every tap falls in the zeros
+        np.testing.assert_array_equal(got[:, r], np.broadcast_to(b[:, None], got[:, r].shape))
+    for q in cols:
+        np.testing.assert_array_equal(got[:, :, q], np.broadcast_to(b[:, None], got[:, :, q].shape))
+    e = explain(x, w, b, at=(1, 0, 4), padding=5)
+    assert e.padded.all() and e.value == -1.0
+    assert "every kernel tap falls in the padding (zeros)" in str(e)
+    assert "every kernel tap" not in str(explain(x, w, b, at=(1, 3, 4), padding=5))
+
+
+@pytest.mark.parametrize(
+    ("mode", "padding", "match"),
+    [
+        ("reflect", 5, "reflect padding 5 needs padding < the input size 5 along the height"),
+        ("reflect", (0, 6), "reflect padding 6 needs padding < the input size 6 along the width"),
+        ("circular", 6, "circular padding 6 needs padding <= the input size 5 along the height"),
+    ],
+)
+def test_padding_torch_refuses_for_its_mode_is_refused(mode, padding, match):
+    x = np.ones((1, 5, 6), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    layer = torch.nn.Conv2d(1, 1, 3, padding=padding, padding_mode=mode)
+    with pytest.raises(RuntimeError):
+        layer(torch.from_numpy(x)[None])
+    with pytest.raises(ConfigError, match=match):
+        conv2d(x, w, padding=padding, padding_mode=mode)
+    smaller = tuple(max(p - 1, 0) for p in (padding if isinstance(padding, tuple) else
+                                               (padding, padding)))
+    with torch.no_grad():
+        expected = torch.nn.Conv2d(1, 1, 3, padding=smaller, padding_mode=mode, bias=False)
+        expected.weight.fill_(1.0)
+        np.testing.assert_allclose(conv2d(x, w, padding=smaller, padding_mode=mode),
+                                   expected(torch.from_numpy(x)[None])[0].numpy(), rtol=1e-5)
 
 
 def test_conv2d_matches_torch_module_with_padding_modes(rng):

@@ -18,11 +18,13 @@ def test_scale_is_diverging_for_signed_and_sequential_otherwise():
 
 def test_grid_labels_and_png(tmp_path, rng):
     maps = rng.standard_normal((5, 20, 30)).astype(np.float32)
-    fig = plot_maps(maps, names=list("abcde"), title="t")
+    fig = plot_maps(maps, names=list("abcde"), title="t", shared_scale=True)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == list("abcde")
     assert "5 feature maps of 20 x 30" in fig._suptitle.get_text()
+    assert "(shared colour scale)" in fig._suptitle.get_text()
     assert len(fig.axes) >= 6  # the cells and the colour bar
+    assert hasattr(fig.axes[-1], "_colorbar")
     path = save_figure(fig, tmp_path / "grid.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 200
@@ -35,11 +37,120 @@ def test_grid_per_map_scale_writes_ranges(rng):
     assert "[0, 0]" in texts and "[3, 3]" in texts
 
 
+def test_grid_default_is_per_map_as_the_command_line():
+    # `featuremap conv` draws each map on its own range unless --shared-scale; so does the library
+    maps = np.stack([np.zeros((8, 8)), np.ones((8, 8)) * 3]).astype(np.float32)
+    fig = plot_maps(maps)
+    assert "(each map on its own scale)" in fig._suptitle.get_text()
+    assert "[3, 3]" in [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert not any(hasattr(ax, "_colorbar") for ax in fig.axes)
+    for ax, m in zip(fig.axes, maps):
+        scale = Scale.of(m)
+        assert ax.images[0].get_clim() == (scale.vmin, scale.vmax)
+    assert fig.axes[0].images[0].get_clim() != fig.axes[1].images[0].get_clim()
+
+
 def test_grid_bad_input():
     with pytest.raises(ConfigError, match=r"maps must be \(D, H, W\)"):
         plot_maps(np.zeros((2, 2, 2, 2)))
     with pytest.raises(ConfigError, match="2 names given for 3 maps"):
         plot_maps(np.zeros((3, 4, 4)), names=["a", "b"])
+    with pytest.raises(ConfigError, match=r"got an array of shape \(2, 3, 4, 5, 6\)"):
+        plot_maps(np.zeros((2, 3, 4, 5, 6)))
+    with pytest.raises(ConfigError, match=r"got an array of shape \(0, 4, 4\)"):
+        plot_maps(np.zeros((0, 4, 4)))
+    with pytest.raises(ConfigError, match="must be an array of numbers"):
+        plot_maps([["a", "b"], ["c", "d"]])
+
+
+def _pixels(fig, tmp_path, name):
+    with Image.open(save_figure(fig, tmp_path / name)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("shared_scale", [False, True])
+def test_grid_takes_what_extract_returns(tmp_path, rng, shared_scale):
+    torch = pytest.importorskip("torch")
+    maps = rng.standard_normal((5, 12, 14)).astype(np.float32)
+    tensor = torch.from_numpy(maps)[None].clone().requires_grad_(True)  # (1, C, H, W)
+    figs = [plot_maps(m, names=list("abcde"), shared_scale=shared_scale)
+            for m in (maps, tensor, tensor[0], maps[None])]
+    drawn = [_pixels(fig, tmp_path, f"{k}.png") for k, fig in enumerate(figs)]
+    for other in drawn[1:]:
+        np.testing.assert_array_equal(drawn[0], other)
+    for fig in figs:
+        np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), maps[2])
+    half = plot_maps(torch.from_numpy(maps).to(torch.bfloat16))  # numpy has no bfloat16
+    assert "5 feature maps of 12 x 14" in half._suptitle.get_text()
+
+
+def test_grid_of_one_map(rng):
+    torch = pytest.importorskip("torch")
+    one = rng.standard_normal((6, 7)).astype(np.float32)
+    for m in (one, torch.from_numpy(one)):
+        fig = plot_maps(m, names=["only"])
+        assert "1 feature maps of 6 x 7" in fig._suptitle.get_text()
+        np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), one)
+
+
+def test_grid_refuses_a_batch_with_the_fix():
+    torch = pytest.importorskip("torch")
+    for batch in (np.zeros((2, 3, 4, 4), np.float32), torch.zeros(2, 3, 4, 4)):
+        with pytest.raises(ConfigError) as err:
+            plot_maps(batch)
+        message = str(err.value)
+        assert "got a batch of shape (2, 3, 4, 4)" in message
+        assert "index one image, e.g. maps[0]" in message and "\n" not in message
+
+
+def test_grid_moves_a_tensor_off_its_device(rng):
+    # a stand-in for a GPU tensor: numpy() works only after detach() and cpu()
+    maps = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    calls = []
+
+    class OnDevice:
+        shape = maps.shape
+
+        def __init__(self, where):
+            self.where = where
+
+        def detach(self):
+            calls.append("detach")
+            return self
+
+        def float(self):
+            return self
+
+        def cpu(self):
+            calls.append("cpu")
+            return OnDevice("cpu")
+
+        def numpy(self):
+            assert self.where == "cpu", "can't convert a device tensor to numpy"
+            return maps
+
+    fig = plot_maps(OnDevice("cuda:0"))
+    assert calls == ["detach", "cpu"]
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), maps[0, 1])
+
+
+def test_grid_takes_a_tensor_on_the_gpu(rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    maps = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    fig = plot_maps(torch.from_numpy(maps).cuda().requires_grad_(True))
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), maps[0, 1])
+
+
+def test_comparison_takes_tensors(rng):
+    torch = pytest.importorskip("torch")
+    big = rng.random((4, 16, 16)).astype(np.float32)
+    fig = plot_comparison([Panel("numpy", big), Panel("tensor", torch.from_numpy(big)[None])])
+    a, b = fig.axes[:2]
+    assert a.get_xlabel() == b.get_xlabel() == "4 x 16 x 16"
+    with pytest.raises(ConfigError, match="got a batch of shape"):
+        plot_comparison([Panel("batch", np.stack([big, big]))])
 
 
 def test_comparison_draws_every_panel_at_one_scale(rng):

@@ -65,6 +65,34 @@ def test_explain_value_matches_map(image):
     assert "laplacian" in str(e) and "grey" in str(e)
 
 
+def test_padding_beyond_the_kernel_equals_torch_with_a_note(image):
+    # once refused: padding 4 > dilation * (kernel - 1) = 2 for the 3x3 sobel filters
+    m = compute_maps(image, "sobel", stride=2, padding=4, padding_mode="replicate")
+    grey = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), image, axes=1)[None, None]
+    x = F.pad(torch.from_numpy(grey), (4, 4, 4, 4), mode="replicate")
+    k = torch.tensor(filter_bank("sobel").kernels[:, None])
+    np.testing.assert_allclose(m.maps, F.conv2d(x, k, stride=2)[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert m.shape == m.cost.output_shape == (2, 15, 18)
+    assert m.notes == m.cost.notes == (
+        "padding 4 > dilation x (kernel - 1) = 2: in each map, the outer row and column on each "
+        "side see only padding (copies of the border pixels).",)
+    assert str(m.cost).endswith("note    " + m.notes[0])
+    zeros = compute_maps(image, "sobel", padding=4)
+    assert not zeros.maps[:, :2].any() and not zeros.maps[:, -2:].any()
+    assert "the outer 2 rows and columns on each side see only padding (zeros)" in zeros.notes[0]
+    assert compute_maps(image, "sobel", padding=1).notes == ()
+    e = explain_value(image, "sobel", at=(0, 0, 5), padding=4)
+    assert e.value == 0.0 and e.padded.all()
+    assert "every kernel tap falls in the padding (zeros)" in str(e)
+
+
+def test_padding_torch_refuses_is_refused(image):
+    with pytest.raises(ConfigError, match="reflect padding 24 needs padding < the input size 24"):
+        compute_maps(image, "sobel", padding=24, padding_mode="reflect")
+    with pytest.raises(ConfigError, match="circular padding 31 needs padding <= the input size 30"):
+        compute_maps(image, "sobel", padding=(0, 31), padding_mode="circular")
+
+
 def test_bad_inputs(image):
     with pytest.raises(ConfigError, match="channels must be"):
         compute_maps(image, "sobel", channels="rgb")

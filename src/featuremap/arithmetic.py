@@ -8,6 +8,12 @@ All sizes follow torch's ``Conv2d``::
 ``padding`` may be an int, a pair ``(pad_h, pad_w)``, ``'valid'`` (no padding) or ``'same'``
 (output size ``ceil(in / stride)``; for stride 1 this is torch's ``padding='same'``, the extra
 cell of an odd total going after, i.e. bottom/right; for larger strides it is TensorFlow's rule).
+
+Any padding >= 0 that torch accepts is accepted. Padding larger than ``dilation * (kernel - 1)``
+makes the outer rows and columns of the map see nothing but padding; :func:`padding_only` finds
+them and :func:`padding_notes` says so in words. The padding modes have torch's limits:
+``'reflect'`` needs padding < the input size, ``'circular'`` padding <= the input size;
+``'zeros'`` and ``'replicate'`` have none.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from featuremap.errors import ConfigError
 __all__ = [
     "MEMORY_FRACTION",
     "MEMORY_LIMIT_ENV",
+    "PADDING_MODES",
     "ConvCost",
     "check_size",
     "RFStep",
@@ -31,6 +38,8 @@ __all__ = [
     "formula",
     "memory_limit",
     "output_size",
+    "padding_notes",
+    "padding_only",
     "pair",
     "resolve_padding",
     "rf_step",
@@ -39,6 +48,12 @@ __all__ = [
 
 Pair = tuple[int, int]
 Padding = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# what the padding cells hold, per mode, for the notes
+_FILL = {"zeros": "zeros", "reflect": "the image reflected at its border",
+         "replicate": "copies of the border pixels",
+         "circular": "the image wrapped around from the opposite side"}
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
@@ -99,40 +114,62 @@ def resolve_padding(
     *,
     stride: int | Pair = 1,
     dilation: int | Pair = 1,
+    padding_mode: str = "zeros",
 ) -> Padding:
     """Turn any accepted padding into ``((top, bottom), (left, right))``, validating it.
 
+    Padding larger than ``dilation * (kernel - 1)`` is accepted, as torch accepts it (see
+    :func:`padding_notes`); what torch refuses is refused here too.
+
     Raises:
-        ConfigError: negative padding, an unknown padding word, or padding so large that whole
-            rows or columns of the map would see nothing but padding.
+        ConfigError: negative padding, an unknown padding word or mode, or padding beyond the
+            limit of the mode (``'reflect'``: < the input size, ``'circular'``: <= it).
+
+    Example:
+        >>> resolve_padding(5, 10, 3)
+        ((5, 5), (5, 5))
     """
+    if padding_mode not in PADDING_MODES:
+        raise ConfigError(
+            f"padding_mode must be one of {', '.join(PADDING_MODES)}, got '{padding_mode}'."
+        )
     if isinstance(padding, str):
         word = padding.lower()
         if word == "valid":
             return ((0, 0), (0, 0))
-        if word == "same":
-            return same_padding(input_size, kernel_size, stride=stride, dilation=dilation)
-        raise ConfigError(
-            f"padding must be an integer, a pair, 'same' or 'valid', got '{padding}'."
-        )
-    p = pair(padding, "padding")
-    for v in p:
-        if v < 0:
+        if word != "same":
             raise ConfigError(
-                f"padding must be >= 0, got {v} (padding adds rows and columns around the "
-                "input; use 0 for none)."
+                f"padding must be an integer, a pair, 'same' or 'valid', got '{padding}'."
             )
-    k, d = pair(kernel_size, "kernel_size"), pair(dilation, "dilation")
-    for axis, (pp, kk, dd) in enumerate(zip(p, k, d)):
-        eff = _effective(kk, dd)
-        if pp > eff - 1:
-            what = "rows" if axis == 0 else "columns"
+        pads = same_padding(input_size, kernel_size, stride=stride, dilation=dilation)
+    else:
+        p = pair(padding, "padding")
+        for v in p:
+            if v < 0:
+                raise ConfigError(
+                    f"padding must be >= 0, got {v} (padding adds rows and columns around the "
+                    "input; use 0 for none)."
+                )
+        pads = ((p[0], p[0]), (p[1], p[1]))
+    _check_mode_limit(pads, pair(input_size, "input size"), padding_mode)
+    return pads
+
+
+def _check_mode_limit(pads: Padding, size: Pair, mode: str) -> None:
+    """torch's F.pad limits: reflect repeats no border pixel (padding < size), circular wraps
+    around at most once (padding <= size)."""
+    if mode not in ("reflect", "circular"):
+        return
+    for (p0, p1), n, axis in zip(pads, size, ("height", "width")):
+        most = n - 1 if mode == "reflect" else n
+        if max(p0, p1) > most:
+            limit, why = (("<", "a reflection repeats no border pixel") if mode == "reflect"
+                          else ("<=", "the input wraps around at most once"))
             raise ConfigError(
-                f"padding {pp} is larger than kernel {kk} with dilation {dd} allows "
-                f"(at most {eff - 1} = {dd} * ({kk} - 1)): the outer {what} of the map would "
-                "see nothing but padding. Use a smaller padding or 'same'."
+                f"{mode} padding {max(p0, p1)} needs padding {limit} the input size {n} along "
+                f"the {axis} ({why}; torch refuses it too). Use padding {most} or less, or "
+                "padding_mode 'zeros' or 'replicate'."
             )
-    return ((p[0], p[0]), (p[1], p[1]))
 
 
 def output_size(
@@ -142,6 +179,7 @@ def output_size(
     stride: int | Pair = 1,
     padding: int | Pair | str = 0,
     dilation: int | Pair = 1,
+    padding_mode: str = "zeros",
 ) -> Pair:
     """Height and width of the feature map a convolution produces.
 
@@ -149,13 +187,16 @@ def output_size(
         input_size: ``H`` or ``(H, W)`` of the input.
         kernel_size: ``k`` or ``(kH, kW)``.
         stride, dilation: int or pair, positive.
-        padding: int, pair, ``'same'`` or ``'valid'``.
+        padding: int, pair, ``'same'`` or ``'valid'``; any size torch accepts.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``; only its
+            limits on the padding matter here.
 
     Returns:
         ``(H', W')``.
 
     Raises:
-        ConfigError: with the formula and the user's numbers when the output would be empty.
+        ConfigError: with the formula and the user's numbers when the output would be empty;
+            padding the mode does not allow (see :func:`resolve_padding`).
 
     Example:
         >>> output_size(224, 7, stride=2, padding=3)
@@ -167,7 +208,7 @@ def output_size(
     _check_positive(k, "kernel_size", "the filter's height and width")
     _check_positive(s, "stride", "the step between filter positions; 1 visits every pixel")
     _check_positive(d, "dilation", "the spacing between kernel taps; 1 is a plain kernel")
-    pads = resolve_padding(padding, size, k, stride=s, dilation=d)
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d, padding_mode=padding_mode)
     outs = [(n + sum(pp) - _effective(kk, dd)) // ss + 1
             for n, pp, kk, dd, ss in zip(size, pads, k, d, s)]
     if min(outs) <= 0:
@@ -200,6 +241,114 @@ def formula(
     return f"({input_size} + {pad} - {dil}) // {stride} + 1 = {out}"
 
 
+def padding_only(
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    stride: int | Pair = 1,
+    padding: int | Pair | str = 0,
+    dilation: int | Pair = 1,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The output rows and columns whose every kernel tap falls in the padding.
+
+    They exist when the padding is larger than ``dilation * (kernel - 1)`` (the outer rows and
+    columns), or when the dilation is larger than the input (the taps step over it).
+
+    Returns:
+        ``(rows, columns)``: indices into the output's height and width, ascending.
+
+    Example:
+        >>> padding_only(4, 3, padding=3)
+        ((0, 7), (0, 7))
+    """
+    size, k = pair(input_size, "input size"), pair(kernel_size, "kernel_size")
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    outs = output_size(size, k, stride=s, padding=padding, dilation=d)
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d)
+    return (_padding_only_axis(size[0], k[0], s[0], d[0], pads[0], outs[0]),
+            _padding_only_axis(size[1], k[1], s[1], d[1], pads[1], outs[1]))
+
+
+def _padding_only_axis(n: int, k: int, s: int, d: int, pads: tuple[int, int],
+                       out: int) -> tuple[int, ...]:
+    reach = d * (k - 1)
+    if d <= n:  # taps closer than the input's size: only windows wholly before or after it
+        before = max(0, -(-(pads[0] - reach) // s))  # y * s - pad + reach < 0
+        after = max(0, out - ((n - 1 + pads[0]) // s + 1))  # y * s - pad > n - 1
+        return tuple(range(min(before, out))) + tuple(range(out - after, out))
+    blind = []
+    for y in range(out):
+        first = y * s - pads[0]  # input index of the first tap
+        i = max(0, -(first // d))  # the first tap at or after index 0
+        if i >= k or first + i * d > n - 1:
+            blind.append(y)
+    return tuple(blind)
+
+
+def padding_notes(
+    input_size: int | Pair,
+    kernel_size: int | Pair,
+    *,
+    stride: int | Pair = 1,
+    padding: int | Pair | str = 0,
+    dilation: int | Pair = 1,
+    padding_mode: str = "zeros",
+) -> tuple[str, ...]:
+    """Sentences naming the output rows and columns that see only padding; empty if none.
+
+    Example:
+        >>> print(padding_notes(10, 3, padding=5)[0])  # doctest: +NORMALIZE_WHITESPACE
+        padding 5 > dilation x (kernel - 1) = 2: in each map, the outer 3 rows and columns
+        on each side see only padding (zeros).
+    """
+    size, k = pair(input_size, "input size"), pair(kernel_size, "kernel_size")
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d, padding_mode=padding_mode)
+    outs = output_size(size, k, stride=s, padding=padding, dilation=d)
+    blind = padding_only(size, k, stride=s, padding=padding, dilation=d)
+    axes = [(size[a], k[a], d[a], pads[a], outs[a], blind[a]) for a in (0, 1)]
+    fill = _FILL[padding_mode]
+    both = [_axis_note(*axis, ("row and column", "rows and columns"), fill, both=True)
+            for axis in axes]
+    if both[0] is not None and both[0] == both[1]:
+        return (both[0],)
+    notes = (_axis_note(*axes[0], ("row", "rows"), fill), _axis_note(*axes[1], ("column",
+                                                                                  "columns"), fill))
+    return tuple(n for n in notes if n is not None)
+
+
+def _axis_note(n: int, k: int, d: int, pads: tuple[int, int], out: int, blind: tuple[int, ...],
+               unit: tuple[str, str], fill: str, both: bool = False) -> str | None:
+    if not blind:
+        return None
+    reach = d * (k - 1)
+    if max(pads) > reach:
+        pad = str(pads[0]) if pads[0] == pads[1] else f"{pads[0]}/{pads[1]}"
+        cause = f"padding {pad} > dilation x (kernel - 1) = {reach}"
+    else:
+        cause = f"dilation {d} > input size {n} (the kernel taps step over the input)"
+    first = next((i for i, y in enumerate(blind) if y != i), len(blind))
+    last = next((i for i, y in enumerate(reversed(blind)) if y != out - 1 - i), len(blind))
+
+    def count(c: int) -> str:
+        return unit[0] if c == 1 else f"{c} {unit[1]}"
+
+    single = len(blind) == 1 and not both
+    if len(blind) == out:
+        where = f"the only {unit[0]}" if out == 1 else f"all {out} {unit[1]}"
+    elif first + last < len(blind):
+        shown = ", ".join(map(str, blind[:8])) + (", ..." if len(blind) > 8 else "")
+        where = f"{len(blind)} of the {out} {unit[1]} ({shown})"
+    elif first == last:
+        where = f"the outer {count(first)} on each side"
+    elif first and last:
+        where = f"the first {count(first)} and the last {count(last)}"
+    else:
+        where = f"the first {count(first)}" if first else f"the last {count(last)}"
+    verb = "sees" if single else "see"
+    return f"{cause}: in each map, {where} {verb} only padding ({fill})."
+
+
 @dataclass(frozen=True)
 class ConvCost:
     """Shape and cost of one convolution layer.
@@ -212,6 +361,9 @@ class ConvCost:
         params: weights plus biases.
         output_bytes: bytes of the feature maps of one image at ``bytes_per_value``.
         formulas: the output-size formula per axis with the numbers put in.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+        notes: sentences about the padding, printed last: which rows and columns of each map
+            see only padding (see :func:`padding_notes`); empty for most settings.
     """
 
     input_shape: tuple[int, int, int]
@@ -225,6 +377,8 @@ class ConvCost:
     params: int
     output_bytes: int
     formulas: tuple[str, str]
+    padding_mode: str = "zeros"
+    notes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         c, h, w = self.input_shape
@@ -237,6 +391,7 @@ class ConvCost:
             f"MACs    {self.macs:,}  ({_human(self.macs)} multiply-adds)",
             f"params  {self.params:,}",
             f"output  {self.output_bytes:,} bytes ({_human(self.output_bytes)}B)",
+            *(f"note    {note}" for note in self.notes),
         ])
 
 
@@ -260,12 +415,21 @@ def conv_cost(
     groups: int = 1,
     bias: bool = True,
     bytes_per_value: int = 4,
+    padding_mode: str = "zeros",
 ) -> ConvCost:
     """Output shape, MACs, parameters and output bytes of one convolution.
+
+    Padding larger than ``dilation * (kernel - 1)`` is computed as torch computes it; the
+    result's ``notes`` then say which rows and columns of each map see only padding.
+
+    Raises:
+        ConfigError: impossible shapes or settings, or padding the mode does not allow.
 
     Example:
         >>> conv_cost(224, 3, depth=64, stride=2, padding=1).output_shape
         (64, 112, 112)
+        >>> conv_cost(10, 3, depth=1, padding=5).notes[0][:40]
+        'padding 5 > dilation x (kernel - 1) = 2:'
     """
     size, k = pair(input_size, "input size"), pair(kernel_size, "kernel_size")
     s, d = pair(stride, "stride"), pair(dilation, "dilation")
@@ -276,8 +440,8 @@ def conv_cost(
         raise ConfigError(
             f"groups {groups} must divide both in_channels {in_channels} and depth {depth}."
         )
+    pads = resolve_padding(padding, size, k, stride=s, dilation=d, padding_mode=padding_mode)
     oh, ow = output_size(size, k, stride=s, padding=padding, dilation=d)
-    pads = resolve_padding(padding, size, k, stride=s, dilation=d)
     per_out = (in_channels // groups) * k[0] * k[1]
     formulas = (
         formula(size[0], k[0], stride=s[0], padding=pads[0], dilation=d[0]),
@@ -291,6 +455,9 @@ def conv_cost(
         params=depth * per_out + (depth if bias else 0),
         output_bytes=depth * oh * ow * bytes_per_value,
         formulas=formulas,
+        padding_mode=padding_mode,
+        notes=padding_notes(size, k, stride=s, padding=padding, dilation=d,
+                            padding_mode=padding_mode),
     )
 
 

@@ -2,8 +2,8 @@
 
 ``conv2d`` computes exactly what ``torch.nn.functional.conv2d`` computes (cross-correlation, as
 every deep-learning framework does: kernels are not flipped), with stride, padding (zeros,
-reflect, replicate, circular), dilation, groups and any depth. ``explain`` shows the products
-behind one value of the output.
+reflect, replicate, circular; any amount torch accepts), dilation, groups and any depth.
+``explain`` shows the products behind one value of the output.
 
 The implementation is vectorised: the input windows are gathered into columns (im2col), band by
 band into one reused buffer, and each band is multiplied by the filters as one matrix product;
@@ -27,7 +27,7 @@ from featuremap.errors import ConfigError
 __all__ = ["Explanation", "conv2d", "explain", "pad"]
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
-                 "circular": "wrap"}
+                 "circular": "wrap"}  # torch's names -> np.pad's
 
 
 def _as_input(input: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -72,22 +72,10 @@ def _check_weight(weight: np.ndarray, bias: np.ndarray | None, channels: int,
 
 def _resolve(shape: tuple[int, int], weight: np.ndarray, stride, padding, dilation,
              padding_mode: str) -> tuple[Pair, Pair, Padding, Pair]:
-    if padding_mode not in PADDING_MODES:
-        raise ConfigError(
-            f"padding_mode must be one of {', '.join(PADDING_MODES)}, got '{padding_mode}'."
-        )
     k = (int(weight.shape[2]), int(weight.shape[3]))
     s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_padding(padding, shape, k, stride=s, dilation=d, padding_mode=padding_mode)
     out_hw = output_size(shape, k, stride=s, padding=padding, dilation=d)  # with formula
-    pads = resolve_padding(padding, shape, k, stride=s, dilation=d)
-    if padding_mode in ("reflect", "circular"):
-        limit = {"reflect": "<", "circular": "<="}[padding_mode]
-        for (p0, p1), n in zip(pads, shape):
-            if max(p0, p1) > n - (padding_mode == "reflect"):
-                raise ConfigError(
-                    f"{padding_mode} padding {max(p0, p1)} needs padding {limit} the input "
-                    f"size {n}; use padding_mode 'zeros' or 'replicate', or less padding."
-                )
     return s, d, pads, out_hw
 
 
@@ -118,6 +106,9 @@ def conv2d(
         bias: ``(D,)`` or None.
         stride: step between filter positions, int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``'same'`` or ``'valid'`` (see ``featuremap.arithmetic``).
+            Padding larger than ``dilation * (kernel - 1)`` is computed as torch computes it:
+            the outer values then see only padding
+            (:func:`featuremap.arithmetic.padding_notes` names them).
         dilation: spacing between kernel taps.
         groups: input channels and filters are split into this many independent groups.
         padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
@@ -126,7 +117,8 @@ def conv2d(
         float32 feature maps ``(D, H', W')``, or ``(N, D, H', W')`` for a batched input.
 
     Raises:
-        ConfigError: impossible shapes or settings, with the arithmetic that fails, or maps
+        ConfigError: impossible shapes or settings, with the arithmetic that fails; what torch
+            refuses (``'reflect'`` padding >= the input size, ``'circular'`` padding > it); maps
             too large for memory (refused before anything is computed).
 
     Example:
@@ -457,6 +449,9 @@ def format_explanation(e: Explanation, *, max_channels: int = 8) -> str:
         f"input rows {e.rows[0]}..{e.rows[-1]}, cols {e.cols[0]}..{e.cols[-1]}"
         + ("   [v] = padding cell" if e.padded.any() else ""),
     ]
+    if e.padded.all():
+        head.append(f"every kernel tap falls in the padding ({st['padding_mode']}): this value "
+                    "sees no pixel of the input")
     width = max(7, max(len(f"[{v:.3g}]") for v in np.concatenate(
         [e.patch.ravel(), e.kernel.ravel(), e.products.ravel()])) + 1)
     body = []

@@ -34,8 +34,7 @@ def _tutorial(report: Report, image, short_side: int) -> tuple:
                    "Each filter is multiplied with every patch of the image and the products "
                    "summed; the results, one per position, form that filter's feature map. "
                    "N filters give N feature maps.")
-    report.figure(plot.plot_maps(maps.maps, names=maps.names, title="filter bank",
-                                 shared_scale=False),
+    report.figure(plot.plot_maps(maps.maps, names=maps.names, title="filter bank"),
                   "One map per filter. Maps with negative values: blue negative, red positive "
                   "(a diverging scale centred on zero); non-negative maps (the Gaussian): "
                   "viridis from their minimum to their maximum. Each map is stretched to its "

@@ -30,6 +30,7 @@ from featuremap.outputs import atomic_write, check_output
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from matplotlib.text import Text
+    from torch import Tensor
 
 __all__ = [
     "FIGURE_SUFFIXES",
@@ -137,41 +138,63 @@ class Scale:
         return cls(SEQUENTIAL, lo, hi if hi > lo else lo + 1.0)
 
 
-def _check_maps(maps: np.ndarray) -> np.ndarray:
-    a = np.asarray(maps, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[None]
+def _check_maps(maps: np.ndarray | Tensor) -> np.ndarray:
+    """One image's maps as float32 ``(D, H, W)``, from NumPy or torch (any device, with or
+    without grad), given as ``(H, W)``, ``(D, H, W)`` or ``(1, D, H, W)``."""
+    shape = tuple(getattr(maps, "shape", np.shape(maps)))
+    if hasattr(maps, "detach"):  # a torch tensor: torch itself is not imported here
+        maps = maps.detach().float().cpu().numpy()
+    try:
+        a = np.asarray(maps, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"maps must be an array of numbers, got {type(maps).__name__}.") from None
+    if a.ndim == 4 and a.shape[0] != 1:
+        raise ConfigError(
+            f"maps must be (D, H, W) for one image, got a batch of shape {shape}: index one "
+            "image, e.g. maps[0] (what extract returns is (N, C, H, W))."
+        )
+    a = a[0] if a.ndim == 4 else a[None] if a.ndim == 2 else a
     if a.ndim != 3 or 0 in a.shape:
-        raise ConfigError(f"maps must be (D, H, W), got an array of shape {np.shape(maps)}.")
+        raise ConfigError(
+            f"maps must be (D, H, W), (H, W) or (1, D, H, W), got an array of shape {shape}."
+        )
     return a
 
 
 @_literal
 def plot_maps(
-    maps: np.ndarray,
+    maps: np.ndarray | Tensor,
     *,
     names: Sequence[str] | None = None,
     title: str | None = None,
-    shared_scale: bool = True,
+    shared_scale: bool = False,
     columns: int | None = None,
     cell_inches: float = 1.9,
 ) -> Figure:
     """A labelled grid of feature maps, one cell per map, with its colour scale.
 
     Args:
-        maps: ``(D, H, W)`` feature maps (one per filter / channel).
+        maps: one image's feature maps (one per filter / channel): ``(D, H, W)``, ``(H, W)``
+            or ``(1, D, H, W)``, a NumPy array or a torch tensor (any device, with or without
+            grad), so ``extract(...)["layer"]`` of one image can be passed as it is.
         names: a label per map (e.g. filter names); defaults to ``map 0``, ``map 1``, ...
         title: the figure title; the maps' shape is always added.
         shared_scale: one colour scale (and colour bar) for all maps, so values compare across
-            maps; otherwise each map is stretched to its own range, written under it.
+            maps. By default (as ``featuremap conv``) each map is stretched to its own range,
+            written under it.
         columns: cells per row (default: about square).
         cell_inches: size of one cell.
 
     Returns:
         A matplotlib ``Figure``.
 
+    Raises:
+        ConfigError: a batch of several images ``(N, D, H, W)`` (index one: ``maps[0]``), any
+            other shape, a name count that is not the map count.
+
     Example:
         >>> fig = plot_maps(np.random.rand(4, 32, 32), names=list("abcd"))
+        >>> fig = plot_maps(np.random.rand(4, 32, 32), shared_scale=True)  # one colour bar
     """
     a = _check_maps(maps)
     d, h, w = a.shape
@@ -218,10 +241,11 @@ def _wrap(text: str, fig: Figure, points: float = 10) -> str:
 
 @dataclass(frozen=True)
 class Panel:
-    """One setting in a comparison strip: a label, its maps ``(D, H, W)`` and their names."""
+    """One setting in a comparison strip: a label, its maps ``(D, H, W)`` (or anything
+    :func:`plot_maps` takes) and their names."""
 
     label: str
-    maps: np.ndarray
+    maps: np.ndarray | Tensor
     names: tuple[str, ...] = ()
 
 

@@ -32,7 +32,7 @@ class ToyMaps:
         maps: ``(D, H', W')`` float32, one map per output channel.
         names: one name per map (``"sobel_x"``, or ``"sobel_x[R]"`` per channel).
         input: ``(C, H, W)`` the image the filters saw (grey for ``channels='luminance'``).
-        cost: shape formulas, MACs, parameters and bytes of this layer.
+        cost: shape formulas, MACs, parameters and bytes of this layer, and its ``notes``.
         settings: stride, padding, dilation, padding_mode and channels as used.
     """
 
@@ -45,6 +45,12 @@ class ToyMaps:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.maps.shape)  # type: ignore[return-value]
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Sentences about the settings, e.g. which rows and columns of each map see only
+        padding (the cost's notes; printed with it)."""
+        return self.cost.notes
 
     def stats(self) -> list[tuple[str, tuple[int, int], float, float, float]]:
         """One row per map: name, (H', W'), min, mean, max."""
@@ -123,7 +129,9 @@ def compute_maps(
         image: anything :func:`featuremap.images.load_image` takes (a path, ``"sample:NAME"``,
             a PIL image, an ``(H, W[, C])`` array) or a ``(C, H, W)`` float array.
         filters: a bank spec such as ``"sobel,gabor:8,random:4"`` or a ``FilterBank``.
-        stride, padding, dilation, padding_mode: as in :func:`featuremap.conv.conv2d`.
+        stride, padding, dilation, padding_mode: as in :func:`featuremap.conv.conv2d`; padding
+            larger than ``dilation * (kernel - 1)`` is computed as torch does, and ``notes`` say
+            which rows and columns of each map then see only padding.
         depth: keep only the first ``depth`` filters of the bank.
         channels: ``'luminance'`` (filters see the grey image) or ``'per-channel'`` (each
             filter applied to R, G and B separately: 3 maps per filter).
@@ -148,7 +156,7 @@ def compute_maps(
                   padding_mode=padding_mode)
     cost = conv_cost(x.shape[1:], bank.kernel_size, depth=weight.shape[0],
                      in_channels=x.shape[0], stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, bias=False)
+                     groups=groups, bias=False, padding_mode=padding_mode)
     settings = {"stride": cost.stride, "padding": cost.padding, "dilation": cost.dilation,
                 "padding_mode": padding_mode, "channels": channels, "groups": groups,
                 "kernel_size": cost.kernel_size}

@@ -85,6 +85,7 @@ def shape(
     kernel: Annotated[str, typer.Option(help="Kernel size: N or H,W.")] = "3",
     stride: Stride = "1",
     padding: Padding = "0",
+    padding_mode: PaddingMode = "zeros",
     dilation: Dilation = "1",
     depth: Annotated[int, typer.Option(help="Number of filters (feature maps).")] = 64,
     in_channels: Annotated[int, typer.Option("--in-channels", help="Input channels.")] = 3,
@@ -96,7 +97,7 @@ def shape(
     emit(conv_cost(pair(input, "input"), pair(kernel, "kernel"), depth=depth,
                    in_channels=in_channels, stride=pair(stride, "stride"),
                    padding=padding_arg(padding), dilation=pair(dilation, "dilation"),
-                   groups=groups))
+                   groups=groups, padding_mode=padding_mode))
 
 
 @app.command(epilog="Examples:\n\n  featuremap explain sample:camera --filters sobel --at 0,100,120"
