@@ -114,7 +114,7 @@ def test_sizes_too_large_are_refused_before_allocating(call, words, refused_earl
 
 
 def test_save_dataset_appears_whole_or_not_at_all(tmp_path, monkeypatch):
-    import featuremap.shapes as shapes
+    import featuremap.bundled.scenes as shapes
 
     real, made = shapes.make_scene, []
 

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from featuremap import receptive
 from featuremap.errors import ConfigError, printable
 from featuremap.layers import in_channels, size_pair
 from featuremap.model import as_model
-from featuremap.receptive import ReceptiveField, UntraceableError, check_position, receptive_field
+from featuremap.receptive import ReceptiveField, UntraceableError, check_position
 
 __all__ = ["FieldTrace", "empirical_receptive_field", "trace_field"]
 
@@ -57,6 +58,9 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     x = image if image is not None else torch.randn(1, in_channels(m.module), h, w)
     x = x.to(m.device).clone().requires_grad_(True)
     got = m.capture([name], keep="graph")(x)
+    if not got.meta[name].is_map:
+        raise ConfigError(f"layer '{name}' has no spatial receptive field: it gives "
+                          f"{got.meta[name].source_shape}, {got.meta[name].reason}.")
     out = got.map(name)
     y0, x0 = position
     check_position(position, tuple(out.shape[2:]), name)
@@ -172,7 +176,7 @@ def trace_field(model: Any, image: Any, *, layer: str, at: tuple[int, int],
                                              input_size=size, image=prepared.batch[:1])
     notes = list(prepared.notes)
     try:
-        field = receptive_field(m, name, position=at, input_size=size)
+        field = receptive.receptive_field(m, name, position=at, input_size=size)
     except UntraceableError as err:
         notes.append(f"no analytic field ({err}); the box drawn is the gradient's support")
         field = None

@@ -97,15 +97,12 @@ class FeatureMaps(Mapping):
         Raises:
             ConfigError: another suffix, or an existing file without ``overwrite``.
         """
-        from featuremap.outputs import check_output, write_atomic
+        from featuremap.outputs import atomic_path, check_output
 
         target = check_output(path, suffixes=(".npz",), default_suffix=".npz",
                               overwrite=overwrite, what="maps")
-
-        def write(file: Any) -> None:
-            np.savez(file, **self.numpy())
-
-        write_atomic(target, write)
+        with atomic_path(target) as tmp:
+            np.savez(tmp, **{printable(k): v for k, v in self.numpy().items()})
         return target
 
     def lines(self) -> list[str]:

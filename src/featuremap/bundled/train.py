@@ -27,11 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featuremap.arithmetic import check_size
 from featuremap.bundled.network import MEAN, STD, ShapesNet, normalize
 from featuremap.bundled.scenes import CLASSES, make_dataset
 from featuremap.errors import ConfigError
 
 __all__ = [
+    "check_budget",
     "EVAL_SEED",
     "RECIPE",
     "build_bundle",
@@ -126,12 +128,26 @@ def _cam_loss(model: ShapesNet, maps: torch.Tensor, labels: torch.Tensor,
     return -(target * F.log_softmax(cam, 1)).sum(1).mean()
 
 
-def _check_budget(epochs: int, n_train: int, size: int) -> None:
-    if epochs < 1 or n_train < 1:
-        raise ConfigError(f"Training needs epochs >= 1 and n_train >= 1, got epochs={epochs}, "
-                          f"n_train={n_train}.")
+SCENE_BYTES_PER_PIXEL = 20  # a generated scene in memory: image, mask and work arrays
+
+
+def check_budget(epochs: int, n_train: int, size: int, *, eval_n: int | None = None) -> None:
+    """Refuse, before any work, settings that cannot train: counts below 1, scenes below 32
+    pixels, or an epoch's scenes (or the held-out ones) that would not fit in memory."""
+    for name, value in (("epochs", epochs), ("n_train", n_train), ("eval_n", eval_n)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"Training needs {name} >= 1 (an integer), got {name}={value!r}.")
     if size < 32:
         raise ConfigError(f"Scene size must be >= 32 pixels, got {size}.")
+    if epochs > 10_000:
+        raise ConfigError(f"epochs={epochs} is more than 10,000: each epoch takes about "
+                          f"{n_train // 200 + 1} s here; use fewer.")
+    for name, n in (("n_train", n_train), ("eval_n", eval_n or 0)):
+        check_size(n * size * size * SCENE_BYTES_PER_PIXEL,
+                   what=f"{n:,} generated scenes of {size} x {size} ({name})",
+                   fix=f"use a smaller --{name.replace('_', '-')}")
 
 
 def train_shapes(
@@ -170,7 +186,7 @@ def train_shapes(
     Example:
         >>> model, history = train_shapes(epochs=1, n_train=64)  # doctest: +SKIP
     """
-    _check_budget(epochs, n_train, size)
+    check_budget(epochs, n_train, size)
     cfg = dict(RECIPE, batch_size=batch_size, lr=lr)
     with _threads(threads):
         torch.manual_seed(seed)

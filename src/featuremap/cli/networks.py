@@ -27,7 +27,6 @@ from featuremap.cli.common import (
     target,
     wrote,
 )
-from featuremap.summary import COLUMNS
 
 
 @app.command(epilog="Example:\n\n  featuremap models")
@@ -56,7 +55,7 @@ def layers(
     device: DeviceOpt = "auto",
 ) -> None:
     """Every named module with its type, output shape, parameters and kernel/stride/padding."""
-    from featuremap.summary import layer_table
+    from featuremap.summary import COLUMNS, layer_table
 
     size = pair(input_size, "input-size") if input_size else None
     loaded = load(model, weights, device, quiet=True)

@@ -209,7 +209,7 @@ def fit_seg(
     overwrite: Overwrite = False,
 ) -> None:
     """Train a 1x1-convolution segmentation head on frozen feature maps; report IoU per class."""
-    from featuremap.tasks.seghead import check_fit, fit_seg_head
+    from featuremap.tasks.segfit import check_fit, fit_seg_head
 
     path = target(out, "head.safetensors", overwrite, suffixes=HEADS)
     _sidecar_free(path, overwrite)
@@ -230,7 +230,8 @@ def fit_seg(
     for line in result.summary_lines():
         typer.echo(line)
     _skipped(result.skipped)
-    wrote(*result.save(path, overwrite=overwrite))
+    saved = result.save(path, overwrite=overwrite)
+    wrote(saved, saved.with_suffix(".json"))
 
 
 @app.command(epilog="Examples:\n\n  featuremap scenes shapes-data --n 140 --layout classes\n\n"

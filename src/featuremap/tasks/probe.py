@@ -27,6 +27,7 @@ from featuremap.datasets import Collection, batches, open_collection
 from featuremap.errors import ConfigError, printable
 from featuremap.extraction import Extractor
 from featuremap.model import Model, as_model
+from featuremap.outputs import atomic_paths, check_output
 
 __all__ = ["LinearProbe", "ProbeResult", "check_options", "probe"]
 
@@ -156,11 +157,13 @@ class ProbeResult:
                                   "another name.")
         tensors = {f"{k}.{part}": getattr(p, part).detach().float().contiguous().cpu()
                    for k, p in self.probes.items() for part in ("weight", "bias", "mean", "std")}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(target), metadata={"format": "featuremap-probes/1",
-                                                  "model": self.model_name,
-                                                  "classes": json.dumps(list(self.classes))})
-        sidecar.write_text(json.dumps(self.summary(), indent=2) + "\n")
+        target = check_output(target, suffixes=(".safetensors",), overwrite=overwrite,
+                              what="probes", siblings=(".json",))
+        with atomic_paths([target, sidecar]) as (weights, meta):
+            save_file(tensors, str(weights), metadata={"format": "featuremap-probes/1",
+                                                       "model": self.model_name,
+                                                       "classes": json.dumps(list(self.classes))})
+            meta.write_text(json.dumps(self.summary(), indent=2) + "\n")
         return target, sidecar
 
 

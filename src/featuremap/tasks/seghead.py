@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featuremap.errors import ConfigError, WeightsError, printable
+from featuremap.outputs import atomic_paths, check_output
 from featuremap.tasks.segmentation import Segmentation, native, upsample
 from featuremap.tasks.topk import one_image
 
@@ -147,9 +148,12 @@ class SegHeadResult:
         if existing and not overwrite:
             raise ConfigError(f"'{existing[0]}' already exists; pass overwrite=True (--overwrite) "
                               "to replace it, or choose another path.")
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
-                  str(target))
-        sidecar.write_text(json.dumps(self._meta(), indent=2) + "\n")
+        target = check_output(target, suffixes=(".safetensors",), overwrite=overwrite,
+                              what="head", siblings=(".json",))
+        with atomic_paths([target, sidecar]) as (weights, meta):
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
+                      str(weights))
+            meta.write_text(json.dumps(self._meta(), indent=2) + "\n")
         return target
 
     def _meta(self) -> dict[str, Any]:
