@@ -141,7 +141,7 @@ class ShapesNet(nn.Module):
         self.num_classes = num_classes
         self.mean, self.std = MEAN, STD
 
-    def _pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 8:
             raise ConfigError(f"ShapesNet expects images (N, 3, H, W) with H, W >= 8, got "
                               f"{tuple(x.shape)}.")
@@ -161,11 +161,11 @@ class ShapesNet(nn.Module):
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits ``(N, K + 1, H, W)``; channel 0 is background."""
-        return self.segmenter(x, self._pyramid(x))
+        return self.segmenter(x, self.pyramid(x))
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads from one backbone pass: ``(logits (N, K), seg_logits (N, K + 1, H, W))``."""
-        maps = self._pyramid(x)
+        maps = self.pyramid(x)
         return self.classifier(maps[-1]), self.segmenter(x, maps)
 
     def cam(self, x: torch.Tensor, class_index: torch.Tensor | int | None = None) -> torch.Tensor:

@@ -99,7 +99,7 @@ def _epoch(model, opt, sched, data, cfg: dict, g: torch.Generator, tick) -> dict
         idx = order[start: start + bs]
         x, m = _augment(normalize(images[idx]), masks[idx], g)
         x = x.contiguous(memory_format=torch.channels_last)
-        maps = model._pyramid(x)  # one backbone pass feeds both heads and the CAM term
+        maps = model.pyramid(x)  # one backbone pass feeds both heads and the CAM term
         logits, seg = model.classifier(maps[-1]), model.segmenter(x, maps)
         loss = F.cross_entropy(logits, labels[idx] - 1)
         loss = loss + cfg["seg_weight"] * F.cross_entropy(seg, m)
