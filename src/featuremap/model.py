@@ -240,12 +240,13 @@ class Model:
         return (modules[pools[-1]][0], modules[linear[-1]][0]) if pools else None
 
     def resolve(self, layers: str | Sequence[str]) -> list[str]:
-        """Layer names, globs or regexes as ``named_modules()`` paths (did-you-mean on a miss).
+        """Layer names, globs or regexes as ``named_modules()`` paths (did-you-mean on a miss);
+        one string may name several, separated by commas (``"layer1,layer3"``).
 
         Raises:
             ConfigError: an empty request (``[]``, ``""`` or ``","``).
         """
-        requested = [layers] if isinstance(layers, str) else list(layers)
+        requested = layers.split(",") if isinstance(layers, str) else list(layers)
         requested = [x.strip() if isinstance(x, str) else x for x in requested]
         requested = [x for x in requested if x != ""]
         if not requested:

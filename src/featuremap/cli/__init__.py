@@ -38,7 +38,8 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one 'error: ...' line and exit status 2."""
+    """Run the CLI; user errors become one 'error: ...' line and exit status 2, Ctrl-C one
+    'interrupted' line and exit status 130."""
     WRITTEN.clear()
     try:
         code = app(args=argv, prog_name="featuremap", standalone_mode=False)
@@ -46,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {printable(str(err))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        done = (" after writing " + ", ".join(printable(p) for p in WRITTEN)) if WRITTEN else (
-            "; nothing was written")
-        typer.echo(f"interrupted{done} (no file is left half-written).", err=True)
-        sys.exit(130)
+        code = 130
     except OSError as err:  # e.g. a file that cannot be written: permissions, disk full
         where = f": {printable(err.filename)}" if err.filename else ""
         typer.echo(f"error: {err.strerror or err}{where}", err=True)
@@ -58,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         if not _usage_error(err):
             raise
         sys.exit(2)
+    if code == 130:  # Ctrl-C (typer turns it into exit code 130)
+        done = (" after writing " + ", ".join(printable(p) for p in WRITTEN)) if WRITTEN else (
+            "; nothing was written")
+        typer.echo(f"interrupted{done} (no file is left half-written).", err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

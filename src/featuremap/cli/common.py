@@ -140,9 +140,9 @@ def console():
 
 
 def emit(result: Any) -> None:
-    """A result's text on stdout; its ``note:`` lines on stderr."""
+    """A result's text on stdout; its ``note:`` lines on stderr (each line printed as data)."""
     for line in str(result).splitlines():
-        typer.echo(line, err=line.startswith("note: "))
+        typer.echo(printable(line), err=line.startswith("note: "))
 
 
 def note(text: str) -> None:
@@ -152,17 +152,18 @@ def note(text: str) -> None:
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
           caption: str | None = None, right: Sequence[str] = (), no_wrap: bool = False,
           min_width: int | None = None) -> None:
-    """A rich table whose cells are data: escaped, control characters made visible."""
-    from rich.markup import escape
+    """A rich table whose cells are data: never parsed for markup or emoji codes, control
+    characters made visible."""
     from rich.table import Table
+    from rich.text import Text
 
-    def cell(value: Any) -> str:
-        return escape(printable(value))
+    def cell(value: Any) -> Text:
+        return Text(printable(value))
 
-    t = Table(title=cell(title), min_width=min_width)
+    t = Table(title=cell(title), min_width=min_width, highlight=False)
     for column in columns:
         t.add_column(cell(column), justify="right" if column in right else "left",
-                     no_wrap=no_wrap)
+                     no_wrap=no_wrap, highlight=False)
     for row in rows:
         t.add_row(*(cell(v) for v in row))
     t.caption = cell(caption) if caption else None

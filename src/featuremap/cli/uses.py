@@ -251,9 +251,22 @@ def scenes(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"'{printable(out)}' exists and is not an empty folder; choose a new "
                           "folder.")
+    _check_disk(out, n * size * size * 4, f"{n:,} scenes of {size} x {size}")
     path = save_dataset(out, n, seed=seed, size=size, layout=layout)
     typer.echo(f"wrote {n} scenes ({layout} layout, {size}x{size}, seed {seed}) to "
                f"{printable(path)}")
+
+
+def _check_disk(out: Path, n_bytes: int, what: str) -> None:
+    """Refuse, before writing, files that would not fit on the disk that holds ``out``."""
+    import shutil
+
+    folder = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if n_bytes > free:
+        raise ConfigError(f"{what} would take about {n_bytes / 1e9:.1f} GB on disk (at most 4 "
+                          f"bytes a pixel), but '{printable(folder)}' has {free / 1e9:.1f} GB free;"
+                          " write fewer or smaller scenes.")
 
 
 @app.command("train-demo", epilog="Examples:\n\n  featuremap train-demo --out my-shapes\n\n"
