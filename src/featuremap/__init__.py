@@ -28,6 +28,7 @@ _EXPORTS = {
     "list_models": "featuremap.zoo",
     "list_layers": "featuremap.summary",
     "Model": "featuremap.model",
+    "Preprocess": "featuremap.preprocess",
     "open_collection": "featuremap.datasets",
     "extract": "featuremap.extraction",
     "FeatureMaps": "featuremap.extraction",
@@ -41,6 +42,7 @@ __all__ = [
     "FeatureMaps",
     "FeaturemapError",
     "Model",
+    "Preprocess",
     "__version__",
     "compute_maps",
     "conv2d",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.images import list_samples, load_image
     from featuremap.model import Model
     from featuremap.plot import plot_comparison, plot_maps
+    from featuremap.preprocess import Preprocess
     from featuremap.receptive import receptive_field
     from featuremap.summary import list_layers
     from featuremap.toy import compute_maps, explain_value
