@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featuremap.arithmetic import check_size
+from featuremap.budget import check_size
 from featuremap.errors import ConfigError, unknown_name
 
 __all__ = ["FilterBank", "filter_bank", "list_filters"]
@@ -540,7 +540,7 @@ def filter_bank(spec: str | Sequence[str] = "sobel", *, seed: int = 0) -> Filter
         UnknownNameError: an unknown filter name (with a did-you-mean).
         ConfigError: an empty spec, a bad argument, too many arguments, or a bank too large
             for memory (refused before anything is built; see
-            :func:`featuremap.arithmetic.check_size`).
+            :func:`featuremap.budget.check_size`).
 
     Example:
         >>> bank = filter_bank("sobel,gabor:8,random:4", seed=1)
