@@ -357,9 +357,9 @@ SHOWN = "$x^2$ [bold] \\x1b[31m $\\frac{$ a\\u202eb"  # literal; controls writte
 
 
 def _all_texts(fig):
-    from featuremap.plot import _texts
+    from featuremap.plot.figure import figure_texts
 
-    return list(_texts(fig))
+    return list(figure_texts(fig))
 
 
 def _check_literal(fig, tmp_path):

@@ -14,17 +14,24 @@ makes the outer rows and columns of the map see nothing but padding; :func:`padd
 them and :func:`padding_notes` says so in words. The padding modes have torch's limits:
 ``'reflect'`` needs padding < the input size, ``'circular'`` padding <= the input size;
 ``'zeros'`` and ``'replicate'`` have none.
+
+The memory guards (:func:`check_size`, :func:`memory_limit`, :func:`format_bytes`) live in
+:mod:`featuremap.budget` and are importable from here too.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import os
-import re
 from dataclasses import dataclass
 
+from featuremap.budget import (  # re-exported: callers import the memory guards from here too
+    MEMORY_FRACTION,
+    MEMORY_LIMIT_ENV,
+    check_size,
+    format_bytes,
+    memory_limit,
+)
 from featuremap.errors import ConfigError
+from featuremap.padding import describe_padding_only, padding_only_axis
 
 __all__ = [
     "MEMORY_FRACTION",
@@ -50,10 +57,6 @@ Pair = tuple[int, int]
 Padding = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-# what the padding cells hold, per mode, for the notes
-_FILL = {"zeros": "zeros", "reflect": "the image reflected at its border",
-         "replicate": "copies of the border pixels",
-         "circular": "the image wrapped around from the opposite side"}
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
@@ -265,24 +268,8 @@ def padding_only(
     s, d = pair(stride, "stride"), pair(dilation, "dilation")
     outs = output_size(size, k, stride=s, padding=padding, dilation=d)
     pads = resolve_padding(padding, size, k, stride=s, dilation=d)
-    return (_padding_only_axis(size[0], k[0], s[0], d[0], pads[0], outs[0]),
-            _padding_only_axis(size[1], k[1], s[1], d[1], pads[1], outs[1]))
-
-
-def _padding_only_axis(n: int, k: int, s: int, d: int, pads: tuple[int, int],
-                       out: int) -> tuple[int, ...]:
-    reach = d * (k - 1)
-    if d <= n:  # taps closer than the input's size: only windows wholly before or after it
-        before = max(0, -(-(pads[0] - reach) // s))  # y * s - pad + reach < 0
-        after = max(0, out - ((n - 1 + pads[0]) // s + 1))  # y * s - pad > n - 1
-        return tuple(range(min(before, out))) + tuple(range(out - after, out))
-    blind = []
-    for y in range(out):
-        first = y * s - pads[0]  # input index of the first tap
-        i = max(0, -(first // d))  # the first tap at or after index 0
-        if i >= k or first + i * d > n - 1:
-            blind.append(y)
-    return tuple(blind)
+    return (padding_only_axis(size[0], k[0], s[0], d[0], pads[0], outs[0]),
+            padding_only_axis(size[1], k[1], s[1], d[1], pads[1], outs[1]))
 
 
 def padding_notes(
@@ -306,47 +293,8 @@ def padding_notes(
     pads = resolve_padding(padding, size, k, stride=s, dilation=d, padding_mode=padding_mode)
     outs = output_size(size, k, stride=s, padding=padding, dilation=d)
     blind = padding_only(size, k, stride=s, padding=padding, dilation=d)
-    axes = [(size[a], k[a], d[a], pads[a], outs[a], blind[a]) for a in (0, 1)]
-    fill = _FILL[padding_mode]
-    both = [_axis_note(*axis, ("row and column", "rows and columns"), fill, both=True)
-            for axis in axes]
-    if both[0] is not None and both[0] == both[1]:
-        return (both[0],)
-    notes = (_axis_note(*axes[0], ("row", "rows"), fill), _axis_note(*axes[1], ("column",
-                                                                                  "columns"), fill))
-    return tuple(n for n in notes if n is not None)
-
-
-def _axis_note(n: int, k: int, d: int, pads: tuple[int, int], out: int, blind: tuple[int, ...],
-               unit: tuple[str, str], fill: str, both: bool = False) -> str | None:
-    if not blind:
-        return None
-    reach = d * (k - 1)
-    if max(pads) > reach:
-        pad = str(pads[0]) if pads[0] == pads[1] else f"{pads[0]}/{pads[1]}"
-        cause = f"padding {pad} > dilation x (kernel - 1) = {reach}"
-    else:
-        cause = f"dilation {d} > input size {n} (the kernel taps step over the input)"
-    first = next((i for i, y in enumerate(blind) if y != i), len(blind))
-    last = next((i for i, y in enumerate(reversed(blind)) if y != out - 1 - i), len(blind))
-
-    def count(c: int) -> str:
-        return unit[0] if c == 1 else f"{c} {unit[1]}"
-
-    single = len(blind) == 1 and not both
-    if len(blind) == out:
-        where = f"the only {unit[0]}" if out == 1 else f"all {out} {unit[1]}"
-    elif first + last < len(blind):
-        shown = ", ".join(map(str, blind[:8])) + (", ..." if len(blind) > 8 else "")
-        where = f"{len(blind)} of the {out} {unit[1]} ({shown})"
-    elif first == last:
-        where = f"the outer {count(first)} on each side"
-    elif first and last:
-        where = f"the first {count(first)} and the last {count(last)}"
-    else:
-        where = f"the first {count(first)}" if first else f"the last {count(last)}"
-    verb = "sees" if single else "see"
-    return f"{cause}: in each map, {where} {verb} only padding ({fill})."
+    height, width = ((size[a], k[a], d[a], pads[a], outs[a], blind[a]) for a in (0, 1))
+    return describe_padding_only((height, width), padding_mode)
 
 
 @dataclass(frozen=True)
@@ -496,132 +444,3 @@ def rf_step(
         jump=previous.jump * stride,
         start=previous.start + ((eff - 1) / 2 - padding) * previous.jump,
     )
-
-
-# ------------------------------------------------------------------------- memory guards
-MEMORY_FRACTION = 0.25
-"""Share of this machine's memory one allocation may take before it is refused."""
-MEMORY_LIMIT_ENV = "FEATUREMAP_MEMORY_LIMIT"
-"""Environment variable that sets the limit instead: ``8GB``, ``512MB``, ``2GiB``, ``none``."""
-_UNKNOWN_MEMORY_LIMIT = 4 * 10**9  # where the machine's memory cannot be read
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
-
-
-def format_bytes(n: float) -> str:
-    """``n`` bytes with three significant digits in decimal units: ``'12.0 GB'``, ``'512 B'``.
-
-    Example:
-        >>> format_bytes(12_000_000_000), format_bytes(4 * 10**9), format_bytes(512)
-        ('12.0 GB', '4.00 GB', '512 B')
-    """
-    if n < 1000:
-        return f"{int(n)} B"
-    value = float(n)
-    for unit in ("kB", "MB", "GB", "TB", "PB", "EB"):
-        value /= 1000
-        if value < 999.5:
-            digits = 2 if value < 9.995 else 1 if value < 99.95 else 0
-            return f"{value:.{digits}f} {unit}"
-    return f"{float(n):.3g} bytes"
-
-
-def _cgroup_limit() -> int | None:
-    """The memory limit of this process's container (cgroup v2 or v1), if any."""
-    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(name) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            return int(text)
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _machine_memory() -> int | None:
-    """Physical memory in bytes, or the container's limit when lower; None where unknown."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-    if total <= 0:
-        return None
-    limit = _cgroup_limit()
-    return min(total, limit) if limit else total
-
-
-def _parse_size(text: str) -> float:
-    value = text.strip().lower().replace(" ", "").replace("_", "")
-    if value in ("none", "off", "unlimited"):
-        return math.inf
-    match = re.fullmatch(r"(\d+(?:\.\d*)?(?:e\d+)?)([a-z]*)", value)
-    if not match or match.group(2) not in _UNITS:
-        raise ConfigError(f"{MEMORY_LIMIT_ENV}={text!r} is not a size; use e.g. 8GB, 512MB, "
-                          "2GiB, or 'none' for no limit.")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def memory_limit() -> tuple[float, str]:
-    """The largest allocation featuremap makes without refusing, and where that limit comes
-    from.
-
-    The limit is ``MEMORY_FRACTION`` (a quarter) of this machine's physical memory, or of the
-    container's memory limit when that is lower; 4 GB where neither can be read. The
-    environment variable ``FEATUREMAP_MEMORY_LIMIT`` (``8GB``, ``512MB``, ``2GiB``, ``none``)
-    replaces it.
-
-    Returns:
-        ``(bytes, reason)``, e.g. ``(4.2e9, "a quarter of this machine's memory")``.
-
-    Raises:
-        ConfigError: ``FEATUREMAP_MEMORY_LIMIT`` is set but is not a size.
-    """
-    setting = os.environ.get(MEMORY_LIMIT_ENV)
-    if setting:
-        return _parse_size(setting), f"set by {MEMORY_LIMIT_ENV}"
-    total = _machine_memory()
-    if total is None:
-        return float(_UNKNOWN_MEMORY_LIMIT), "this machine's memory is unknown"
-    return total * MEMORY_FRACTION, "a quarter of this machine's memory"
-
-
-def check_size(n_bytes: float, *, what: str, fix: str = "", limit: float | None = None) -> int:
-    """Refuse, before anything is allocated, work that would take more than ``limit`` bytes.
-
-    Callers compute ``n_bytes`` from the sizes they were asked for (an estimate of the peak, not
-    only of the result) and call this before allocating anything.
-
-    Args:
-        n_bytes: the estimate.
-        what: what would take it, completing "``what`` would take 12.0 GB", e.g. ``"the 1000
-            filters of 1001 x 1001"``.
-        fix: what to change, e.g. ``"use fewer filters or smaller kernels"``.
-        limit: the limit in bytes (default: :func:`memory_limit`).
-
-    Returns:
-        ``n_bytes`` as an int.
-
-    Raises:
-        ConfigError: one line with the estimate, the limit, where the limit comes from, the fix
-            and how to raise the limit.
-
-    Example:
-        >>> check_size(12 * 10**9, what="the 3000 filters of 1001 x 1001",
-        ...            fix="use fewer filters", limit=4 * 10**9)
-        Traceback (most recent call last):
-        ...
-        featuremap.errors.ConfigError: the 3000 filters of 1001 x 1001 would take 12.0 GB (limit \
-4.00 GB); use fewer filters.
-    """
-    how = ""
-    if limit is None:
-        limit, reason = memory_limit()
-        how = f", {reason}" if MEMORY_LIMIT_ENV in reason else \
-            f", {reason}; {MEMORY_LIMIT_ENV} changes it"
-    if n_bytes <= limit:
-        return int(n_bytes)
-    raise ConfigError(f"{what} would take {format_bytes(n_bytes)} (limit "
-                      f"{format_bytes(limit)}{how}){'; ' + fix if fix else ''}.")

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featuremap.arithmetic import Padding, Pair, check_size, output_size, pair, resolve_padding
+from featuremap.arithmetic import Padding, Pair, output_size, pair, resolve_padding
+from featuremap.budget import check_size
 from featuremap.errors import ConfigError
 
 __all__ = ["Explanation", "conv2d", "explain", "pad"]

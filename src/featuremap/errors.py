@@ -20,6 +20,7 @@ __all__ = [
     "UnknownNameError",
     "WeightsError",
     "did_you_mean",
+    "one_line",
     "printable",
     "unknown_name",
 ]
@@ -126,3 +127,15 @@ def _escape(ch: str) -> str:
             return f"\\x{code:02x}"
         return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
     return ch
+
+
+def one_line(exc: BaseException) -> str:
+    """The first 200 characters of an exception's message, on one line (its type's name when
+    the message is empty), to quote inside a message of ours.
+
+    Example:
+        >>> one_line(OSError("timed out\\n  while reading"))
+        'timed out while reading'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

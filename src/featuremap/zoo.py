@@ -14,23 +14,24 @@ Weights (``weights=``):
   preprocessing and categories (for ``timm:`` models: timm's pretrained weights).
 - a path to a ``.pth`` / ``.pt`` file (``torch.load(weights_only=True)``: a state dict, or a dict
   holding one under ``'state_dict'``, ``'model'`` or ``'model_state_dict'``; a ``'module.'``
-  prefix is stripped) or a ``.safetensors`` file; or a state dict (a mapping of tensors).
+  prefix is stripped) or a ``.safetensors`` file; or a state dict (a mapping of tensors). Files
+  and state dicts are read and fitted to the network by :mod:`featuremap.weights`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from featuremap.errors import ModelError, WeightsError, printable, unknown_name
+from featuremap.errors import ModelError, WeightsError, one_line, unknown_name
 from featuremap.model import Model
 from featuremap.preprocess import Preprocess
+from featuremap.weights import load_weights, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,14 +45,6 @@ RANDOM_NOTE = (
     "weights='DEFAULT' (--weights DEFAULT) or a weights file"
 )
 _MODELS_HINT = "Run 'featuremap models' to list them."
-_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
-_WEIGHTS_NAME = re.compile(r"^([A-Za-z0-9_]*_weights\.)?[A-Za-z][A-Za-z0-9_]*$", re.IGNORECASE)
-_CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
-_PREFIXES = ("module.", "_orig_mod.")
-_AUX_MISSING = ("AuxLogits.", "aux1.", "aux2.")  # inception_v3, googlenet
-
-Rebuild = Callable[..., "nn.Module"]
-
 
 # ---------------------------------------------------------------------------------- listing
 
@@ -172,12 +165,13 @@ def _from_module(module: nn.Module, weights: Any) -> Model:
     """Wrap a module passed in; load a weights file or state dict into it if given."""
     model = Model.wrap(module)
     if weights is not None:
-        if _weights_kind(weights) == "name":
+        if weights_kind(weights) == "name":
             raise WeightsError(
                 f"Named weights ({weights!r}) need a model name, not a module: pass a weights "
                 "file or a state dict, or load the module's weights yourself."
             )
-        model.module, model.weights = _load_into(module, weights, model.name, None, model.notes)
+        model.module, model.weights = load_weights(module, weights, label=model.name,
+                                                   notes=model.notes)
     return model
 
 
@@ -198,12 +192,12 @@ def _from_shapes(weights: Any) -> Model:
     if random:
         described, notes = "random init", [RANDOM_NOTE]
     elif weights is not None and not (isinstance(weights, str) and weights.upper() == "DEFAULT"):
-        if _weights_kind(weights) == "name":
+        if weights_kind(weights) == "name":
             raise WeightsError(
                 f"The bundled model 'shapes' has its own weights; weights={weights!r} is not one "
                 "of them. Pass nothing, a weights file or a state dict."
             )
-        module, described = _load_into(module, weights, "shapes", None, notes)
+        module, described = load_weights(module, weights, label="shapes", notes=notes)
     categories = tuple(meta["categories"])
     head = shapenet.segmentation_head(module)
     return Model(module, "shapes", preprocess, categories, meta.get("task", "classification"),
@@ -215,7 +209,7 @@ def _from_torchvision(name: str, weights: Any) -> Model:
     task = _torchvision_tasks().get(name)
     if task is None:
         raise unknown_name("model", name, list_models(), hint=_MODELS_HINT)
-    if weights is not None and _weights_kind(weights) == "name":
+    if weights is not None and weights_kind(weights) == "name":
         return _published(name, task, str(weights))
     from torchvision.models import get_model_weights
 
@@ -231,7 +225,7 @@ def _from_torchvision(name: str, weights: Any) -> Model:
     def rebuild(**kwargs: Any) -> nn.Module:
         return _build(name, {**extra, **kwargs})
 
-    module, described = _load_into(module, weights, name, rebuild, notes)
+    module, described = load_weights(module, weights, label=name, rebuild=rebuild, notes=notes)
     notes.append(_numbered(module))
     return Model(module, name, preprocess, None, task, described, notes)
 
@@ -264,7 +258,7 @@ def _from_timm(name: str, weights: Any) -> Model:
     if name.split(".")[0] not in set(timm.list_models()):
         raise unknown_name("timm model", name, timm.list_models(),
                            hint="See timm.list_models() for the names.")
-    kind = _weights_kind(weights) if weights is not None else "none"
+    kind = weights_kind(weights) if weights is not None else "none"
     module = _timm_create(timm, name, weights if kind == "name" else None)
     preprocess = _timm_preprocess(getattr(module, "pretrained_cfg", None) or {})
     notes = [f"preprocess: from timm's pretrained_cfg ({preprocess.describe()})"]
@@ -280,7 +274,8 @@ def _from_timm(name: str, weights: Any) -> Model:
             raise ModelError("timm models are rebuilt with num_classes only")
         return timm.create_model(name, pretrained=False, **kwargs)
 
-    module, described = _load_into(module, weights, f"timm:{name}", rebuild, notes)
+    module, described = load_weights(module, weights, label=f"timm:{name}", rebuild=rebuild,
+                                     notes=notes)
     notes.append(_numbered(module))
     return Model(module, f"timm:{name}", preprocess, None, "classification", described, notes)
 
@@ -294,7 +289,7 @@ def _timm_create(timm: Any, name: str, weights: str | None) -> nn.Module:
         return timm.create_model(full, pretrained=True)
     except Exception as exc:  # noqa: BLE001 - timm/huggingface raise many kinds when offline
         raise WeightsError(
-            f"Cannot load timm's pretrained weights for '{full}' ({_one_line(exc)}). When offline, "
+            f"Cannot load timm's pretrained weights for '{full}' ({one_line(exc)}). When offline, "
             "pass a weights file instead (--weights FILE)."
         ) from None
 
@@ -322,7 +317,7 @@ def _published(name: str, task: str, requested: str) -> Model:
         module = get_model(name, weights=weights, **_builder_extras(name))
     except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise many kinds
         raise WeightsError(
-            f"Cannot load the cached weights file {path} for {weights} ({_one_line(exc)}). "
+            f"Cannot load the cached weights file {path} for {weights} ({one_line(exc)}). "
             "Delete it to download it again, or pass a weights file (--weights FILE)."
         ) from None
     label = f"DEFAULT ({weights})" if requested.upper() == "DEFAULT" else str(weights)
@@ -371,7 +366,7 @@ def _fetch(name: str, weights: Any) -> Path:
                                        progress=False)
     except Exception as exc:  # noqa: BLE001 - URLError, timeouts, hash mismatch, disk errors
         raise WeightsError(
-            f"Cannot download the weights {weights} for {name} ({_one_line(exc)}): put the file "
+            f"Cannot download the weights {weights} for {name} ({one_line(exc)}): put the file "
             f"at {path} (from {weights.url}), or pass a weights file (--weights FILE)."
         ) from None
     return path
@@ -396,214 +391,6 @@ def _preprocess_of(weights: Any) -> Preprocess:
     )
 
 
-# ------------------------------------------------------------------------ weights from files
-
-
-def _weights_kind(weights: Any) -> str:
-    """'state' for a mapping, 'name' for a weights name, else 'file'."""
-    if isinstance(weights, Mapping):
-        return "state"
-    if isinstance(weights, os.PathLike):
-        return "file"
-    if not isinstance(weights, str):
-        raise WeightsError(
-            f"weights must be None, a name such as 'DEFAULT', a file path or a state dict; got "
-            f"{type(weights).__name__}."
-        )
-    if os.path.exists(weights) or weights.lower().endswith(_FILE_SUFFIXES):
-        return "file"
-    return "name" if _WEIGHTS_NAME.match(weights) else "file"
-
-
-def _load_into(
-    module: nn.Module, weights: Any, label: str, rebuild: Rebuild | None, notes: list[str]
-) -> tuple[nn.Module, str]:
-    """Load a file or state dict into ``module`` (rebuilt to fit if possible).
-
-    Returns the module that holds the weights and the text for ``Model.weights``; appends notes.
-    """
-    if _weights_kind(weights) == "state":
-        source, described = "The state dict", "state dict"
-        state = _state_dict(weights, source)
-    else:
-        path = _check_file(Path(os.fspath(weights)).expanduser())
-        source, described = f"Weights file '{path}'", str(path)
-        state = _state_dict(_read_file(path), source)
-    return _fit(module, state, source, label, rebuild, notes), described
-
-
-def _check_file(path: Path) -> Path:
-    """Raise a one-line WeightsError unless ``path`` is a non-empty file we can read."""
-    suffixes = ", ".join(_FILE_SUFFIXES)
-    if not path.exists():
-        raise WeightsError(f"Weights file '{path}' does not exist. Check the path, or pass "
-                           "weights='DEFAULT' for the published weights.")
-    if path.is_dir():
-        raise WeightsError(f"'{path}' is a directory, not a weights file ({suffixes}).")
-    if path.suffix.lower() not in _FILE_SUFFIXES:
-        raise WeightsError(
-            f"Weights file '{path}' has an unsupported extension '{path.suffix}': use {suffixes} "
-            "(torch.save of a state dict, or safetensors)."
-        )
-    if path.stat().st_size == 0:
-        raise WeightsError(f"Weights file '{path}' is empty (0 bytes). Save the weights again.")
-    return path
-
-
-def _read_file(path: Path) -> Any:
-    """torch.load (weights only) or safetensors; every failure becomes a WeightsError."""
-    import torch
-
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip, safetensors and torch errors alike
-        text = " ".join(str(exc).split())
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
-            raise WeightsError(
-                f"Weights file '{path}' holds Python objects besides tensors ({found.group(1)}), "
-                "which are not loaded for safety. If you trust it, torch.load(path, "
-                "weights_only=False) it yourself and pass the state dict (weights=state_dict)."
-            ) from None
-        unpickler = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-        detail = unpickler.group(1) if unpickler else _one_line(exc)
-        raise WeightsError(
-            f"Cannot read weights file '{path}': it is corrupt or not a {path.suffix} file "
-            f"({detail})."
-        ) from None
-
-
-def _state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The ``{key: tensor}`` of a loaded object; unwraps checkpoints, strips 'module.'."""
-    import torch
-
-    if isinstance(obj, Mapping):
-        for key in _CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(
-        obj, Mapping) else {}
-    if not tensors:
-        found = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
-        raise WeightsError(
-            f"{source} holds no state dict (found {found}): expected tensors by name, or a dict "
-            f"with {', '.join(repr(k) for k in _CHECKPOINT_KEYS)}."
-        )
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
-
-
-# ------------------------------------------------------------------------------ fitting
-
-
-def _mismatch(module: nn.Module, state: Mapping[str, Any]) -> tuple[list, list, list]:
-    """(missing keys, unexpected keys, (key, file shape, model shape) of differing shapes)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    return missing, unexpected, shapes
-
-
-def _fit(
-    module: nn.Module, state: dict[str, Any], source: str, label: str,
-    rebuild: Rebuild | None, notes: list[str],
-) -> nn.Module:
-    """Load ``state`` into ``module``, or into a rebuilt one (num_classes, aux heads) that fits."""
-    _check_finite(state, source)
-    missing, unexpected, shapes = _mismatch(module, state)
-    if missing or unexpected or shapes:
-        kwargs = _rebuild_kwargs(missing, unexpected, shapes)
-        rebuilt = _try_rebuild(rebuild, kwargs)
-        if rebuilt is None or any(_mismatch(rebuilt, state)):
-            raise WeightsError(_misfit_message(source, label, module, missing, unexpected, shapes))
-        module = rebuilt
-        notes.append(f"rebuilt {label} with " + ", ".join(f"{k}={v}" for k, v in kwargs.items())
-                     + " to fit the weights")
-    module.load_state_dict(state, strict=True)
-    return module
-
-
-def _check_finite(state: Mapping[str, Any], source: str) -> None:
-    """Refuse weights holding NaN or infinity: every map computed from them would be garbage."""
-    import torch
-
-    bad = [k for k, v in state.items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        shown = ", ".join(printable(k) for k in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        raise WeightsError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s) "
-                           f"({shown}): the training that saved them diverged or the file is "
-                           "damaged. Use other weights.")
-
-
-def _try_rebuild(rebuild: Rebuild | None, kwargs: dict[str, Any] | None) -> nn.Module | None:
-    if rebuild is None or not kwargs:
-        return None
-    try:
-        return rebuild(**kwargs)
-    except Exception:  # noqa: BLE001 - a builder that rejects the argument cannot fit the file
-        return None
-
-
-def _rebuild_kwargs(missing: list, unexpected: list, shapes: list) -> dict[str, Any] | None:
-    """Builder arguments that would make the model fit: num_classes, aux_loss, aux_logits."""
-    kwargs: dict[str, Any] = {}
-    if unexpected and all(k.startswith("aux_classifier.") for k in unexpected):
-        kwargs["aux_loss"], unexpected = True, []
-    if missing and all(k.startswith(_AUX_MISSING) for k in missing):
-        kwargs["aux_logits"], missing = False, []
-    classes = _classifier_classes(shapes)
-    if missing or unexpected or (shapes and classes is None):
-        return None
-    if classes is not None:
-        kwargs["num_classes"] = classes[0]
-    return kwargs
-
-
-def _classifier_classes(shapes: list) -> tuple[int, int] | None:
-    """(file classes, model classes) when only the number of output classes differs."""
-    if not shapes:
-        return None
-    if len(shapes) > 4 or any(not file or file[1:] != own[1:] for _, file, own in shapes):
-        return None
-    pairs = {(file[0], own[0]) for _, file, own in shapes}
-    if len(pairs) != 1:
-        return None
-    return next(iter(pairs))
-
-
-def _misfit_message(
-    source: str, label: str, module: nn.Module, missing: list, unexpected: list, shapes: list
-) -> str:
-    """One line: counts and the first 3 of each kind of difference, and the likely fix."""
-    def first3(items: list[str]) -> str:
-        return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
-
-    def plural(n: int, word: str) -> str:
-        return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('ch') else 's'}"
-
-    sizes = [f"{k}: file {f} vs model {m}" for k, f, m in shapes]
-    parts = [f"{plural(len(items), word)} ({first3(items)})"
-             for items, word in ((missing, "missing key"), (unexpected, "unexpected key"),
-                                 (sizes, "shape mismatch")) if items]
-    cls = "" if label == type(module).__name__ else f" ({type(module).__name__})"
-    message = f"{source} does not fit {label}{cls}: {', '.join(parts)}."
-    classes = _classifier_classes(shapes)
-    if classes and not missing and not unexpected:
-        return message + (f" Only the classifier differs: the file has {classes[0]} classes, the "
-                          f"model {classes[1]}; build the model with num_classes={classes[0]}.")
-    return message + " Was it saved from another architecture?"
-
-
 def _numbered(module: nn.Module) -> str:
     """The note on categories for weights that carry no class names."""
     from torch import nn
@@ -617,10 +404,3 @@ def _numbered(module: nn.Module) -> str:
         last = convs[-1] if convs else None
     span = f"0..{last - 1}" if last else "from 0"
     return f"categories: none in the weights; classes are numbered {span} ('class 0', ...)"
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first 200 characters of an exception's message, on one line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featuremap.arithmetic import check_size
+from featuremap.budget import check_size
 from featuremap.errors import ConfigError
 from featuremap.outputs import atomic_folder
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featuremap.arithmetic import check_size
+from featuremap.budget import check_size
 from featuremap.bundled.network import MEAN, STD, ShapesNet, normalize
 from featuremap.bundled.scenes import CLASSES, make_dataset
 from featuremap.errors import ConfigError
