@@ -15,8 +15,8 @@ from featuremap.bundled.network import SEGMENTATION_CLASSES
 from featuremap.bundled.scenes import make_scene, save_dataset
 from featuremap.errors import ConfigError, UnknownNameError, WeightsError
 from featuremap.plot import plot_segmentation, save_figure
-from featuremap.tasks.clusters import _pixel_features, cluster_segments
-from featuremap.tasks.segfit import _scores, fit_seg_head
+from featuremap.tasks.clusters import pixel_features, cluster_segments
+from featuremap.tasks.segfit import iou_scores, fit_seg_head
 from featuremap.tasks.seghead import SegHeadResult, apply_seg_head, load_seg_head
 from featuremap.tasks.segnets import segment
 from featuremap.zoo import load_model
@@ -86,12 +86,12 @@ def test_clusters_split_two_flat_halves(shapes):
 def test_pixel_features_equal_upsampled_standardised_maps():
     g = torch.Generator().manual_seed(0)
     maps = [torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 5, 4, 4, generator=g)]
-    got = _pixel_features(maps, (16, 16), dims=None, seed=0)
+    got = pixel_features(maps, (16, 16), dims=None, seed=0)
     full = torch.cat([F.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False)
                       for m in maps], 1)[0].reshape(8, -1).double()
     want = ((full - full.mean(1, keepdim=True)) / full.std(1, keepdim=True)).T
     assert torch.allclose(got.double(), want, atol=1e-4)
-    reduced = _pixel_features(maps, (16, 16), dims=3, seed=0).double()
+    reduced = pixel_features(maps, (16, 16), dims=3, seed=0).double()
     cov = reduced.T @ reduced / (reduced.shape[0] - 1)
     assert reduced.shape == (256, 3)
     assert (cov - torch.diag(torch.diag(cov))).abs().max() < 1e-3  # uncorrelated components
@@ -218,7 +218,7 @@ def test_head_save_load_apply(fitted, shapes, seg_data, tmp_path):
 
 def test_scores_leave_out_classes_absent_from_the_split():
     confusion = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])  # class 2: no pixel in the split
-    iou, miou, accuracy = _scores(confusion, ["a", "b", "c"])
+    iou, miou, accuracy = iou_scores(confusion, ["a", "b", "c"])
     assert iou["a"] == pytest.approx(8 / 11) and iou["b"] == pytest.approx(3 / 6)
     assert math.isnan(iou["c"]) and miou == pytest.approx((8 / 11 + 3 / 6) / 2)
     assert accuracy == pytest.approx(11 / 14)

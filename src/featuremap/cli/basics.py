@@ -150,7 +150,7 @@ def explain(
 @app.command(epilog="Example:\n\n  featuremap samples")
 def samples() -> None:
     """List the bundled sample photos, usable as sample:NAME wherever an image is taken."""
-    from featuremap.images import list_samples
+    from featuremap.samples import list_samples
 
     table("Sample images (use as sample:NAME)", ("name", "description"),
           ((f"sample:{name}", text) for name, text in list_samples().items()))

@@ -25,7 +25,7 @@ from featuremap.errors import ConfigError
 from featuremap.tasks.segmentation import Segmentation, upsample
 from featuremap.tasks.topk import one_image
 
-__all__ = ["PCA_DIMS", "check_k", "cluster_maps", "cluster_segments"]
+__all__ = ["PCA_DIMS", "check_k", "cluster_maps", "cluster_segments", "pixel_features"]
 
 PCA_DIMS = 32  # default dimensions k-means sees (principal components of the pixel features)
 _FIT_PIXELS = 16_384  # pixels (drawn by seed) that fit the standardisation and the PCA
@@ -96,7 +96,7 @@ def cluster_maps(maps: Sequence[torch.Tensor], size: tuple[int, int], *, k: int,
     """Labels ``(H, W)`` int64 of k-means over the pixels of ``maps`` (each ``(1, C, h, w)``)
     upsampled to ``size``; segment 0 is the largest. Shared with the one-pass analysis."""
     with torch.no_grad():
-        features = _pixel_features([t[:1].detach().float().cpu() for t in maps], size,
+        features = pixel_features([t[:1].detach().float().cpu() for t in maps], size,
                                    dims=dims, seed=seed)
         labels = _order_by_size(_kmeans(features, k, seed), k)
     return labels.reshape(size).numpy().astype(np.int64)
@@ -124,7 +124,7 @@ def _sample_pixels(maps: list[torch.Tensor], size: tuple[int, int], seed: int) -
                                     align_corners=False)[0, :, 0] for m in maps])
 
 
-def _pixel_features(maps: list[torch.Tensor], size: tuple[int, int], *, dims: int | None,
+def pixel_features(maps: list[torch.Tensor], size: tuple[int, int], *, dims: int | None,
                     seed: int) -> torch.Tensor:
     """``(H * W, d)``: standardised (and PCA-projected) per-pixel features of upsampled maps.
 

@@ -31,7 +31,7 @@ from featuremap.tasks.mapcache import MapCache
 from featuremap.tasks.seghead import SegHeadResult, head_logits
 from featuremap.tasks.segmentation import native
 
-__all__ = ["check_fit", "fit_seg_head"]
+__all__ = ["check_fit", "fit_seg_head", "iou_scores"]
 
 Progress = Callable[[int, int], None]
 
@@ -179,7 +179,7 @@ def _evaluate(weight: torch.Tensor, bias: torch.Tensor, cache: MapCache, test: S
     return confusion.view(k, k).numpy(), ignored
 
 
-def _scores(confusion: np.ndarray, names: Sequence[str]) -> tuple[dict[str, float], float, float]:
+def iou_scores(confusion: np.ndarray, names: Sequence[str]) -> tuple[dict[str, float], float, float]:
     """(per-class IoU, mIoU, pixel accuracy); classes without truth pixels are NaN, not counted."""
     inter = np.diag(confusion).astype(np.float64)
     truth, predicted = confusion.sum(1), confusion.sum(0)
@@ -289,7 +289,7 @@ def fit_seg_head(
         confusion, ignored_test = _evaluate(weight, bias, cache, test, len(labels), void)
         ignored = ignored_test + _void_pixels(cache, train, void)
         channels = [t.shape[1] for t in cache.get(0)[0]]
-    iou, miou, accuracy = _scores(confusion, labels)
+    iou, miou, accuracy = iou_scores(confusion, labels)
     return SegHeadResult(
         weight, bias, labels, names, channels, m.name, iou, miou, accuracy, confusion,
         len(train), len(test), skipped, {n: int(c) for n, c in zip(labels, confusion.sum(1))},
