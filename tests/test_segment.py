@@ -15,8 +15,8 @@ from featuremap.bundled.network import SEGMENTATION_CLASSES
 from featuremap.bundled.scenes import make_scene, save_dataset
 from featuremap.errors import ConfigError, UnknownNameError, WeightsError
 from featuremap.plot import plot_segmentation, save_figure
-from featuremap.tasks.clusters import pixel_features, cluster_segments
-from featuremap.tasks.segfit import iou_scores, fit_seg_head
+from featuremap.tasks.clusters import cluster_segments, pixel_features
+from featuremap.tasks.segfit import fit_seg_head, iou_scores
 from featuremap.tasks.seghead import SegHeadResult, apply_seg_head, load_seg_head
 from featuremap.tasks.segnets import segment
 from featuremap.zoo import load_model

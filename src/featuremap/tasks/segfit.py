@@ -179,7 +179,8 @@ def _evaluate(weight: torch.Tensor, bias: torch.Tensor, cache: MapCache, test: S
     return confusion.view(k, k).numpy(), ignored
 
 
-def iou_scores(confusion: np.ndarray, names: Sequence[str]) -> tuple[dict[str, float], float, float]:
+def iou_scores(confusion: np.ndarray, names: Sequence[str]
+               ) -> tuple[dict[str, float], float, float]:
     """(per-class IoU, mIoU, pixel accuracy); classes without truth pixels are NaN, not counted."""
     inter = np.diag(confusion).astype(np.float64)
     truth, predicted = confusion.sum(1), confusion.sum(0)
