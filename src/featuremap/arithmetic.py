@@ -328,6 +328,15 @@ class ConvCost:
     padding_mode: str = "zeros"
     notes: tuple[str, ...] = ()
 
+    def to_dict(self) -> dict:
+        """JSON-ready: every field (tuples as lists) and the printed text."""
+        import dataclasses
+
+        def plain(value: object) -> object:
+            return [plain(v) for v in value] if isinstance(value, tuple) else value
+
+        return {**{k: plain(v) for k, v in dataclasses.asdict(self).items()}, "text": str(self)}
+
     def __str__(self) -> str:
         c, h, w = self.input_shape
         d, oh, ow = self.output_shape
