@@ -139,7 +139,7 @@ def _clean(text: str) -> bool:
     return CONTROL.search(text) is None
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=hostile_names(max_pieces=4))
 def test_hostile_file_names_are_printed_as_data(name, tmp_path_factory, capsys):
@@ -147,9 +147,8 @@ def test_hostile_file_names_are_printed_as_data(name, tmp_path_factory, capsys):
     image = folder / (name + ".png")
     Image.fromarray(np.zeros((24, 24, 3), np.uint8) + 90).save(image)
     shown = os.fsdecode(os.fsencode(str(image)))
-    for argv in (["conv", str(image), "--out", str(folder / (name + "-maps.png"))],
-                 ["show", str(image), "--layer", "backbone.block1", "--out",
-                  str(folder / (name + "-grid.png"))],
+    for argv in (["conv", str(image), "--filters", "sobel_x", "--out",
+                  str(folder / (name + "-maps.png"))],
                  ["classify", str(image), "--top", "2", "--cam", "auto", "--out",
                   str(folder / (name + "-cam.png"))]):
         code, out, err = run(argv, capsys)
@@ -157,7 +156,7 @@ def test_hostile_file_names_are_printed_as_data(name, tmp_path_factory, capsys):
         assert _clean(out) and _clean(err), (out, err)
         assert "Traceback" not in out + err
         assert out.strip().splitlines()[-1].startswith("wrote ")
-    assert len(list(folder.iterdir())) == 4, shown  # the image and the three pictures
+    assert len(list(folder.iterdir())) == 3, shown  # the image and the two pictures
     # the same name as a missing file: one line, escaped
     error = run_error(["conv", str(folder / (name + "-missing.png"))], capsys)
     assert _clean(error)
