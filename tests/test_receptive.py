@@ -249,3 +249,57 @@ def test_empirical_field_runs_in_eval_mode_and_restores_it():
     assert empirical.box == receptive_field(net, "layer1", position=(3, 3),
                                             input_size=128).clipped_box == (0, 0, 34, 34)
     assert net.training and all(m.training for m in net.modules())
+
+
+class _Attend(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.q, self.k, self.proj = (nn.Linear(width, width) for _ in range(3))
+
+    def forward(self, t):
+        weights = (self.q(t) @ self.k(t).transpose(1, 2)).softmax(-1)
+        return t + self.proj(weights @ t)
+
+
+class _PatchMean(nn.Module):
+    def forward(self, t):
+        return t[:, 1:].mean(1)
+
+
+class _TinyViT(nn.Module):
+    """4 x 4 patches of 32 x 32 images: 64 tokens of 64 channels (as many channels as tokens),
+    a class token in front, one attention block, the patch tokens averaged for the head."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 64, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 64))
+        self.pos = nn.Parameter(torch.randn(1, 65, 64))
+        self.norm = nn.LayerNorm(64)
+        self.attn = _Attend(64)
+        self.pool = _PatchMean()
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
+        return self.head(self.pool(self.attn(self.norm(tokens))))
+
+
+def test_tokens_keep_the_patch_field_until_attention_makes_it_the_whole_image():
+    net = _TinyViT()
+    fields = receptive_fields(net, input_size=32)
+    for name in ("patch", "norm", "attn.q"):  # each token sees its own 4 x 4 patch
+        assert fields[name].size == (4, 4) and fields[name].stride == (4.0, 4.0)
+        assert not fields[name].whole
+    analytic = receptive_field(net, "norm", position=(2, 5), input_size=32)
+    empirical, _ = empirical_receptive_field(net, "norm", position=(2, 5), input_size=32)
+    assert analytic.box == empirical.box == (8, 20, 12, 24)  # LayerNorm: its channel sum cancels
+    whole = receptive_field(net, "attn", position=(2, 5), input_size=32)
+    assert whole.whole and whole.box == whole.clipped_box == (0, 0, 32, 32)
+    assert whole.stride == (4.0, 4.0) and whole.size == (32, 32)
+    empirical, erf = empirical_receptive_field(net, "attn", position=(2, 5), input_size=32)
+    assert empirical.box == (0, 0, 32, 32) and (erf > 0).all()
+    assert fields["pool"] == "global"  # the mean over tokens is no map, 64 channels or not

@@ -167,8 +167,8 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int, device=
     from featuremap.bundled.scenes import CLASSES, make_scene
     from featuremap.extraction import extract
     from featuremap.layers import format_geometry
-    from featuremap.receptive import field_labels, format_field, receptive_fields
-    from featuremap.summary import list_layers, overview_layers
+    from featuremap.receptive import field_labels, receptive_fields
+    from featuremap.summary import format_field, list_layers, overview_layers
     from featuremap.zoo import load_model
 
     model = load_model("shapes", device=device)

@@ -6,8 +6,9 @@ value depends on for this image, its magnitude the effective receptive field. It
 model, through the capture engine (the pass stops at the layer).
 
 :func:`trace_field` is what ``featuremap rf`` shows: the analytic box of
-:func:`featuremap.receptive.receptive_field` where the model can be traced, else the gradient's
-support, with the effective field to draw under it.
+:func:`featuremap.receptive.receptive_field` where the analysis follows the model to the layer
+(the whole image after attention), else the gradient's support, with the effective field to draw
+under it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from featuremap import receptive
 from featuremap.errors import ConfigError, printable
 from featuremap.layers import in_channels, size_pair
 from featuremap.model import as_model
-from featuremap.receptive import ReceptiveField, UntraceableError, check_position
+from featuremap.receptive import ReceptiveField, check_position
 
 __all__ = ["FieldTrace", "empirical_receptive_field", "trace_field"]
 
@@ -33,9 +34,10 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     """The support of d(value)/d(input): its bounding box and the gradient-magnitude map.
 
     The value is ``layer``'s output at ``position`` in ``channel``, or with ``channel=None`` the
-    sum of all channels there (every channel at one position shares one analytic field). The
-    model runs in eval mode (in training mode batch norm would mix positions), its modes
-    restored.
+    sum of all channels there (every channel at one position shares one analytic field); where
+    that sum cannot change (a LayerNorm's channels always sum to its bias, so its gradient is
+    rounding noise), half the channels' squared norm instead. The model runs in eval mode (in
+    training mode batch norm would mix positions), its modes restored.
 
     Args:
         model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
@@ -67,9 +69,8 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
     if channel is not None and not 0 <= channel < out.shape[1]:
         raise ConfigError(f"channel {channel} is outside the {out.shape[1]} channels of "
                           f"'{name}' (0..{out.shape[1] - 1}).")
-    value = out[0, :, y0, x0].sum() if channel is None else out[0, channel, y0, x0]
     with torch.enable_grad():
-        grad = torch.autograd.grad(value, x)[0][0].abs().sum(0).cpu()
+        grad = _gradient(out[0, :, y0, x0], x, channel)[0].abs().sum(0).cpu()
     rows = torch.nonzero(grad.sum(1)).flatten()
     cols = torch.nonzero(grad.sum(0)).flatten()
     if rows.numel() == 0:
@@ -83,17 +84,30 @@ def empirical_receptive_field(model: Any, layer: str, *, position: tuple[int, in
                            (float("nan"),) * 2), grad.detach().numpy())
 
 
+def _gradient(vector: torch.Tensor, x: torch.Tensor, channel: int | None) -> torch.Tensor:
+    """d(vector[channel])/dx, or d(sum)/dx; where the sum cancels, d(|vector|^2 / 2)/dx."""
+    if channel is not None:
+        return torch.autograd.grad(vector[channel], x)[0]
+    (summed,) = torch.autograd.grad(vector.sum(), x, retain_graph=True)
+    scale = float(vector.detach().abs().max())
+    if scale > 0:
+        (squared,) = torch.autograd.grad(vector.square().sum() / 2, x)
+        if float(summed.abs().max()) <= 1e-4 * float(squared.abs().max()) / scale:
+            return squared
+    return summed
+
+
 @dataclass
 class FieldTrace:
-    """One value's receptive field in one image: the analytic box (or, for a model torch.fx
-    cannot trace, the gradient's support) and the effective field.
+    """One value's receptive field in one image: the analytic box (or, where the analysis has
+    none, the gradient's support) and the effective field.
 
     Attributes:
         model_name, layer: where the value is.
         at: ``(y, x)`` in the layer's map; channel: one channel or None (all summed).
         input_size: ``(H, W)`` of the prepared input.
         field: the analytic :class:`~featuremap.receptive.ReceptiveField`, or None when the
-            model cannot be traced.
+            model cannot be traced or the analysis cannot follow it to the layer.
         support: the box of the gradient's support.
         erf: ``(H, W)`` gradient magnitude (the effective receptive field).
         picture: the prepared input ``(3, H, W)`` in ``[0, 1]``.
@@ -123,6 +137,7 @@ class FieldTrace:
         shown = self.field or self.support
         words = f"stride {self.field.stride[0]:g}, field" if self.field else "gradient support"
         extra = " + global context" if self.field and self.field.global_context else ""
+        extra = " (whole image)" if self.field and self.field.whole else extra
         return (f"{self.model_name} {self.layer} at ({y}, {x}), {of}: {words} "
                 f"{shown.size[0]} x {shown.size[1]} px{extra}")
 
@@ -133,7 +148,10 @@ class FieldTrace:
         lines = [f"{printable(self.model_name)} {printable(self.layer)} at (y, x) = ({y}, {x}), "
                  f"input {h} x {w}"]
         f = self.field
-        if f is not None:
+        if f is not None and f.whole:
+            lines.append(f"analytic field: the whole image {f.box}, stride {f.stride[0]:g} "
+                         "(attention on the way lets every position see every pixel)")
+        elif f is not None:
             lines.append(f"analytic box (y0, x0, y1, x1) {f.box}, clipped {f.clipped_box}, "
                          f"size {f.size[0]} x {f.size[1]}, stride {f.stride[0]:g}, offset "
                          f"{f.offset[0]:g}")
@@ -149,7 +167,7 @@ class FieldTrace:
             return None if f is None else {
                 "box": list(f.box), "clipped_box": list(f.clipped_box), "size": list(f.size),
                 "stride": [s if s == s else None for s in f.stride],
-                "global_context": f.global_context}
+                "global_context": f.global_context, "whole": f.whole}
 
         return {"model": self.model_name, "layer": self.layer, "at": list(self.at),
                 "channel": self.channel, "input_size": list(self.input_size),
@@ -177,8 +195,9 @@ def trace_field(model: Any, image: Any, *, layer: str, at: tuple[int, int],
     notes = list(prepared.notes)
     try:
         field = receptive.receptive_field(m, name, position=at, input_size=size)
-    except UntraceableError as err:
-        notes.append(f"no analytic field ({err}); the box drawn is the gradient's support")
+    except ConfigError as err:  # untraceable, or a layer the analysis cannot follow
+        notes.append(f"no analytic field ({str(err).rstrip('.')}); the box drawn is the "
+                     "gradient's support")
         field = None
     return FieldTrace(m.name, name, tuple(at), channel, size, field, support, erf,
                       prepared.picture(0), notes)

@@ -15,10 +15,11 @@ featuremap turns each into ``(N, C, H, W)`` maps on the input's grid, recording 
 
 The rule for a 4-D output ``(N, A, B, C)``: it is ``NCHW`` when ``(B, C)`` has the input's aspect
 (rows and columns shrunk by about the same stride), else ``NHWC`` when ``(A, B)`` has it; a
-``Linear`` or ``LayerNorm`` (which act on the last dim) is ``NHWC`` whenever ``(A, B)`` fits. For
-3-D ``(N, T, C)`` the patch grid is the input's aspect at the model's patch size: the prefix is
-the model's ``num_prefix_tokens`` when it has one (timm), else the fewest leading tokens (0 to
-16) whose removal leaves such a grid.
+``Linear`` or ``LayerNorm`` (which act on the last dim) is ``NHWC`` whenever ``(A, B)`` fits;
+``(N, heads, T, T)`` whose ``T`` is a transformer's tokens is attention, not a map. For
+3-D ``(N, T, C)`` the patch grid is the input divided by one integer stride (the patch size),
+else of about the input's aspect: the prefix is the model's ``num_prefix_tokens`` when it has
+one (timm), else the fewest leading tokens (0 to 16) whose removal leaves such a grid.
 """
 
 from __future__ import annotations
@@ -78,19 +79,47 @@ def _fits(size: tuple[int, int], grid: tuple[int, int]) -> bool:
     return max(sy, sx) / min(sy, sx) <= 1.25 or (abs(h - size[0] / sx) <= 1 and h * w > 1)
 
 
-def _grid_of(tokens: int, size: tuple[int, int], prefix_hint: int | None) -> tuple[int, int, int]:
+def _exact(size: tuple[int, int], grid: tuple[int, int]) -> bool:
+    """True when ``grid`` is ``size`` divided by one integer stride, rounded down (or up, for
+    padded patches) on both axes alike: 14 x 14 for 224 x 224 at stride 16, never 13 x 15."""
+    if min(grid) < 1:
+        return False
+    n, g = max(zip(size, grid), key=lambda pair: pair[1])  # the longer grid side bounds it
+    if g == 1:  # 1 x 1: any stride of at least the input's size
+        return True
+    for stride in range(max(1, n // (g + 1)), n // (g - 1) + 2):
+        if grid in ((size[0] // stride, size[1] // stride),
+                    (-(-size[0] // stride), -(-size[1] // stride))):
+            return True
+    return False
+
+
+def _grid_of(tokens: int, size: tuple[int, int], prefix_hint: int | None,
+             rules: tuple = ()) -> tuple[int, int, int]:
     """``(prefix, h, w)`` with ``h * w == tokens - prefix`` on the input's aspect, else
-    ``(-1, 0, 0)``."""
+    ``(-1, 0, 0)``. A grid at one exact stride wins over one of about the input's aspect, so a
+    class token is not dropped from patch tokens that have none yet (ViT's ``patch_embed``)."""
     order = ([prefix_hint] if prefix_hint is not None else []) + list(range(_MAX_PREFIX + 1))
-    for prefix in dict.fromkeys(order):
-        count = tokens - prefix
-        if count < 1:
-            break
-        h = round(math.sqrt(count * size[0] / size[1]))
-        for rows in (h, h - 1, h + 1):
-            if rows >= 1 and count % rows == 0 and _fits(size, (rows, count // rows)):
-                return prefix, rows, count // rows
+    for fits in rules or (_exact, _fits):
+        for prefix in dict.fromkeys(order):
+            count = tokens - prefix
+            if count < 1:
+                break
+            h = round(math.sqrt(count * size[0] / size[1]))
+            for rows in (h, h - 1, h + 1):
+                if rows >= 1 and count % rows == 0 and fits(size, (rows, count // rows)):
+                    return prefix, rows, count // rows
     return -1, 0, 0
+
+
+def _attention(shape: tuple[int, ...], size: tuple[int, int], prefix_hint: int | None) -> bool:
+    """``(N, heads, T, T)`` in a transformer (a model that says how many prefix tokens it has)
+    where ``T`` is its tokens, those prefix tokens and an exact patch grid, but ``T x T`` is no
+    map at an exact stride: attention weights between tokens."""
+    tokens = shape[3]
+    if prefix_hint is None or shape[2] != tokens or _exact(size, (tokens, tokens)):
+        return False
+    return _grid_of(tokens, size, prefix_hint, (_exact,))[0] == prefix_hint
 
 
 def layout_of(shape: tuple[int, ...], module: nn.Module | None, *, batch: int,
@@ -121,6 +150,10 @@ def layout_of(shape: tuple[int, ...], module: nn.Module | None, *, batch: int,
         nchw, nhwc = _fits(size, shape[2:4]), _fits(size, shape[1:3])
         if nhwc and (not nchw or kind.endswith(_LAST_DIM_OPS)):
             return Layout("NHWC", (shape[1], shape[2]))
+        if nchw and _attention(shape, size, prefix_hint):
+            return Layout("other", reason=(
+                f"its last two dims {tuple(shape[2:])} are the {shape[3]} tokens twice: "
+                "attention weights between tokens, not a map of the image"))
         if nchw:
             return Layout("NCHW", (shape[2], shape[3]))
         return Layout("other", reason=(

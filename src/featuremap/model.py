@@ -306,10 +306,27 @@ class Model:
             except ConfigError:
                 fields = {}
             self._stages[size] = tuple(
-                Stage(n, infos[n].output_shape[0], infos[n].output_shape,
-                      infos[n].cumulative_stride, field_label(fields.get(n)))
+                Stage(n, *self._map_shape(n, infos[n].output_shape, size),
+                      field_label(fields.get(n)))
                 for n in names if infos[n].output_shape)
         return self._stages[size]
+
+    def _map_shape(self, name: str, shape: tuple[int, ...], size: tuple[int, int]
+                   ) -> tuple[int, tuple[int, ...], float | None]:
+        """``(channels, (C, H, W), stride)`` of an output of ``shape`` (no batch dim) laid out
+        as maps (channels last and tokens too); the shape as it is when it is not a map."""
+        from featuremap.layouts import layout_of
+
+        module = dict(self.module.named_modules())[name]
+        layout = layout_of((1, *shape), module, batch=1, size=size,
+                           prefix_hint=self.prefix_tokens)
+        if not layout.is_map:
+            return shape[0], shape, None
+        (h, w), c = layout.grid, shape[-1] if layout.kind != "NCHW" else shape[0]
+        ratio = size[0] / h
+        stride = None if ratio != size[1] / w else int(ratio) if ratio.is_integer() else round(
+            ratio, 3)
+        return c, (c, h, w), stride
 
     # ----------------------------------------------------------------------- running it
     def prepare(self, images: Any, *, preprocess: Preprocess | str | None = "model"

@@ -11,7 +11,8 @@ can see, and which tensor dims hold y and x:
   is read from the shapes, ``F.pad`` shifts the map;
 - nodes with several map inputs (skip connections ``x + f(x)``, concatenations) take the union;
 - pointwise nodes (activations, batch norm, channels-last Linear layers) keep it; permutes and
-  reshapes (channel shuffles) move the y and x dims;
+  reshapes move the y and x dims, or merge them into tokens (class tokens put in front counted);
+- attention (``scaled_dot_product_attention``, products of two maps) makes it the whole image;
 - global pooling, spatial means, flattening and Linear layers on flattened maps give "global":
   the value depends on the whole input but is no longer a map; a global result multiplied back
   into the maps (squeeze-and-excitation) or a GroupNorm marks them ``global_context``;
@@ -27,7 +28,8 @@ import contextlib
 import io
 import math
 import sys
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,7 +46,6 @@ __all__ = [
     "check_position",
     "field_label",
     "field_labels",
-    "format_field",
     "receptive_field",
     "receptive_fields",
 ]
@@ -68,6 +69,8 @@ class ReceptiveField:
             operation on the way (the global pooling of a squeeze-and-excitation block, a
             GroupNorm): its gradient then reaches the whole image, and ``box`` is the field of
             the convolution path.
+        whole: True when every value sees the whole input through attention: ``box`` is then
+            the whole input and ``offset`` is 0.
     """
 
     box: tuple[int, int, int, int]
@@ -76,10 +79,12 @@ class ReceptiveField:
     stride: tuple[float, float]
     offset: tuple[float, float]
     global_context: bool = False
+    whole: bool = False
 
 
-_Axis = tuple[float, float, float]  # jump, lo, hi (input pixels, inclusive)
+_Axis = tuple[float, float, float]  # jump, lo, hi (input pixels, inclusive; -inf, inf: all)
 GLOBAL = "global"  # depends on every input pixel, but is no longer a map (global pooling, Linear)
+_ANALYSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {key: fields}
 
 # ops whose output, where the map's dims are gone or of size 1, pooled over every position
 _REDUCERS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
@@ -91,6 +96,9 @@ _SPATIAL_NORMS = ("GroupNorm", "InstanceNorm", "group_norm", "instance_norm")
 _MOVERS = {"flip", "fliplr", "flipud", "roll", "rot90", "grid_sample", "interpolate",
            "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "pixel_shuffle",
            "pixel_unshuffle", "PixelShuffle", "PixelUnshuffle", "opaque"}
+_METADATA = ("shape", "dtype", "device", "ndim", "is_cuda")
+_MIXERS = {"scaled_dot_product_attention", "matmul", "bmm", "baddbmm", "einsum"}
+_DIM_REDUCERS = {"mean", "sum", "amax", "amin", "logsumexp"}  # (input, dim, ...)
 _RESHAPES = {"permute", "transpose", "swapaxes", "view", "reshape", "flatten", "Flatten",
              "unflatten"}
 _KERNEL_OPS = {"Conv2d", "MaxPool2d", "AvgPool2d", "conv2d", "max_pool2d", "avg_pool2d",
@@ -100,13 +108,26 @@ _KERNEL_OPS = {"Conv2d", "MaxPool2d", "AvgPool2d", "conv2d", "max_pool2d", "avg_
 @dataclass(frozen=True)
 class _Field:
     """A node whose output is a map of the input: which tensor dims are (y, x), their sizes, the
-    affine interval per axis, and whether a global operation also feeds it."""
+    affine interval per axis, and whether a global operation also feeds it. Tokens have
+    ``dims = (t, t)``: dim ``t`` holds ``prefix`` other tokens, then the map in raster order."""
 
     dims: tuple[int, int]
     sizes: tuple[int, int]
     axes: tuple[_Axis, _Axis]
     global_context: bool = False
     rank: int = 4
+    prefix: int = 0
+
+    @property
+    def spots(self) -> tuple[tuple[int, ...], tuple[int, ...]]:  # (y, x) or the token dim
+        if self.dims[0] == self.dims[1]:
+            return self.dims[:1], (self.prefix + self.sizes[0] * self.sizes[1],)
+        return self.dims, self.sizes
+
+    whole = property(lambda self: math.isinf(self.axes[0][1]))  # every position sees all
+
+    def at(self, dims: tuple[int, int], rank: int, **changes: Any) -> _Field:
+        return replace(self, dims=dims, rank=rank, **changes)  # the same map, moved or changed
 
 
 def _two(v: Any) -> tuple[int, int]:
@@ -194,20 +215,26 @@ def _moved(field: _Field, node: Any, name: str) -> _Field | str | None:
             a, b = dims
             dims = list(range(rank))
             dims[a], dims[b] = b, a
-        where = tuple(dims.index(d) for d in field.dims)
-        return _Field(where, field.sizes, field.axes, field.global_context, rank)
+        return field.at(tuple(dims.index(d) for d in field.dims), rank)
     inp = _shape(node.args[0])
-    if inp is None or field.dims[1] != field.dims[0] + 1:
+    flat = field.dims[0] == field.dims[1]
+    if inp is None or field.dims[1] not in (field.dims[0], field.dims[0] + 1):
         return None
-    before = math.prod(inp[:field.dims[0]])
-    for i in range(len(out) - 1):
-        if math.prod(out[:i]) == before and out[i:i + 2] == field.sizes:
-            return _Field((i, i + 1), field.sizes, field.axes, field.global_context, len(out))
-    return GLOBAL  # the spatial dims were merged: no longer a map
+    before, count = math.prod(inp[:field.dims[0]]), field.sizes[0] * field.sizes[1]
+    for i in range(len(out)):
+        if math.prod(out[:i]) != before:
+            continue
+        if out[i:i + 2] == field.sizes and field.prefix == 0:  # (y, x), split again if tokens
+            return field.at((i, i + 1), len(out))
+        if out[i] == (field.spots[1][0] if flat else count):  # y and x merged: tokens
+            return field.at((i, i), len(out))
+    return GLOBAL if len(out) <= 2 else None  # flattened to a vector, or moved (windows)
 
 
 def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> Any:
     """The state of one node's output from its inputs' states."""
+    if name in ("size", "dim") or name == "getattr" and node.args[1] in _METADATA:
+        return "const"  # x.shape, x.size(0): numbers, not values of the map
     maps = [s for s in inputs if isinstance(s, _Field)]
     if any(s is None for s in inputs):
         return None
@@ -217,43 +244,66 @@ def _step(node: Any, name: str, inputs: list, modules: dict[str, nn.Module]) -> 
     first = maps[0]
     union = tuple((axis[0], min(m.axes[i][1] for m in maps), max(m.axes[i][2] for m in maps))
                   for i, axis in enumerate(first.axes))
-    field = _Field(first.dims, first.sizes, (union[0], union[1]), glob, first.rank)
+    field = replace(first, axes=(union[0], union[1]), global_context=glob)
     out = _shape(node)
     if name in _KERNEL_OPS:
         if out is None or field.dims != (len(out) - 2, len(out) - 1):  # not an (N, C, H, W) map
             return None
-        return _Field(field.dims, out[-2:], _grow(field.axes, _kernel_geometry(
-            node, name, modules)), glob, len(out))
+        return field.at(field.dims, len(out), sizes=out[-2:], axes=_grow(
+            field.axes, _kernel_geometry(node, name, modules)))
     if name == "pad":
         return _padded(field, node)
     if name in _RESHAPES:
         return _moved(field, node, name)
     if out is None:  # tuples and other containers pass the field on (getitem reads it)
         return field
+    if name in ("cat", "concat", "concatenate") and field.dims[0] == field.dims[1]:
+        return _tokens_joined(field, node, out, len(maps))
+    if name in _DIM_REDUCERS and _reduces(field, _arg(node, 1, "dim", None)):
+        return GLOBAL  # pooled over the positions: x.mean((2, 3)), tokens.mean(1)
+    where, prefix = _where(field, out)
+    if name in _MIXERS and len(maps) > 1:  # attention: every position sees every other
+        field = replace(field, axes=tuple((j, -math.inf, math.inf) for j, _, _ in field.axes))
+    if field.whole and where is None:  # whatever comes of it depends on the whole input
+        return GLOBAL
     if name in _MOVERS:
         return None
-    where = _where(field, out)
     if name in ("linear", "Linear"):  # pointwise unless it mixes along a spatial dim
-        return _Field(where, field.sizes, field.axes, glob, len(out)) if where and max(
+        return field.at(where, len(out), prefix=prefix) if where and max(
             where) < len(out) - 1 else GLOBAL
     if where is not None:  # the map's sizes at the same dims: pointwise in space
         spatial_norm = any(n in name for n in _SPATIAL_NORMS) or (
             name in ("LayerNorm", "layer_norm") and _normalises_space(node, modules, where))
-        return _Field(where, field.sizes, field.axes, glob or spatial_norm, len(out))
+        return field.at(where, len(out), prefix=prefix, global_context=glob or spatial_norm)
     if name in _REDUCERS and all(out[d] == 1 for d in field.dims if d < len(out)):
         return GLOBAL  # pooled over every position
     return None  # an op that moves positions in a way not modelled (crops, adaptive pools)
 
 
-def _where(field: _Field, out: tuple[int, ...]) -> tuple[int, int] | None:
-    """The dims of ``out`` that hold the map: the same dims counted from the front or, when
-    dims before them were dropped or added (a reduction over channels), from the back."""
-    if len(out) > max(field.dims) and tuple(out[d] for d in field.dims) == field.sizes:
-        return field.dims
-    back = tuple(d - field.rank for d in field.dims)
-    if len(out) >= -back[0] and tuple(out[b] for b in back) == field.sizes:
-        return (len(out) + back[0], len(out) + back[1])
-    return None
+def _reduces(field: _Field, dim: Any) -> bool:
+    dims = range(field.rank) if dim is None else dim if isinstance(dim, (tuple, list)) else [dim]
+    return bool({int(d) % field.rank for d in dims} & set(field.spots[0]))
+
+
+def _tokens_joined(field: _Field, node: Any, out: tuple[int, ...], fields: int) -> Any:
+    """``torch.cat`` of constant (class, register) tokens in front of the map's: its prefix."""
+    dim, (where, prefix) = int(_arg(node, 1, "dim", 0)) % len(out), _where(field, out)
+    last = _shape(node.args[0][-1]) if isinstance(node.args[0], (list, tuple)) else None
+    if dim == field.dims[0] and fields == 1 and last and last[dim] == field.spots[1][0]:
+        where, prefix = field.dims, out[dim] - field.sizes[0] * field.sizes[1]
+    return field.at(where, len(out), prefix=prefix) if where else None
+
+
+def _where(field: _Field, out: tuple[int, ...]) -> tuple[tuple[int, int] | None, int]:
+    """The map's dims in ``out`` (counted from the front, else the back) and its prefix."""
+    dims, sizes = field.spots
+    allowed = [sizes] + ([(sizes[0] - field.prefix,)] if field.prefix else [])
+    for found in (field.dims, tuple(len(out) + d - field.rank for d in field.dims)):
+        if min(found) >= 0 and max(found) < len(out):
+            got = tuple(out[d] for d in found[:len(dims)])
+            if got in allowed:
+                return found, field.prefix - (sizes[0] - got[0])
+    return None, 0
 
 
 def _padded(field: _Field, node: Any) -> _Field | None:
@@ -266,7 +316,7 @@ def _padded(field: _Field, node: Any) -> _Field | None:
     left, top = (list(pads) + [0, 0, 0, 0])[0], (list(pads) + [0, 0, 0, 0])[2]
     axes = tuple((j, lo - before * j, hi - before * j)
                  for (j, lo, hi), before in zip(field.axes, (top, left)))
-    return _Field(field.dims, out[-2:], (axes[0], axes[1]), field.global_context, len(out))
+    return field.at(field.dims, len(out), sizes=out[-2:], axes=(axes[0], axes[1]))
 
 
 def _normalises_space(node: Any, modules: dict[str, nn.Module], dims: tuple[int, int]) -> bool:
@@ -324,7 +374,17 @@ def _trace(model: nn.Module, input_size: tuple[int, int]) -> Any:
     return graph
 
 
-def _fields(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> dict[str, Any]:
+def _fields(model: nn.Module, input_size: tuple[int, int]) -> dict[str, Any]:
+    """:func:`_analyse`, kept per module (weakly) and input size until the module changes."""
+    key, kept = (input_size, str(model)), _ANALYSED.setdefault(model, {})
+    if key not in kept:
+        if len(kept) > 8:
+            kept.clear()
+        kept[key] = _analyse(model, input_size)
+    return kept[key]
+
+
+def _analyse(model: nn.Module, input_size: tuple[int, int]) -> dict[str, Any]:
     """The state of every module's output, by module name: a _Field for maps of the input,
     GLOBAL for outputs that depend on the whole input but are not maps, None when unknown."""
     graph = _trace(model, input_size)
@@ -359,15 +419,14 @@ def _fields(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> dict[
 
 def _box(field: _Field, position: tuple[int, int], size: tuple[int, int]) -> ReceptiveField:
     (jy, ly, hy), (jx, lx, hx) = field.axes
+    if field.whole:
+        box = (0, 0, size[0], size[1])
+        return ReceptiveField(box, box, size, (jy, jx), (0.0, 0.0), field.global_context, True)
     y, x = position
     box = (int(y * jy + ly), int(x * jx + lx), int(y * jy + hy) + 1, int(x * jx + hx) + 1)
     clipped = (max(box[0], 0), max(box[1], 0), min(box[2], size[0]), min(box[3], size[1]))
     return ReceptiveField(box, clipped, (box[2] - box[0], box[3] - box[1]), (jy, jx), (ly, lx),
                           field.global_context)
-
-
-def _size(input_size: Any) -> tuple[int, int]:
-    return size_pair(input_size)
 
 
 def receptive_field(model: Any, layer: str, *, position: tuple[int, int] = (0, 0),
@@ -383,20 +442,19 @@ def receptive_field(model: Any, layer: str, *, position: tuple[int, int] = (0, 0
 
     Raises:
         ConfigError: a layer whose output is not a map of the input (after global pooling, a
-            Linear layer, upsampling), a position outside the map, an untraceable model.
+            Linear layer, upsampling, windows), a position outside the map, an untraceable model.
 
     Example:
         >>> receptive_field(torchvision.models.vgg16(), "features.30").size  # doctest: +SKIP
         (212, 212)
     """
-    module = getattr(model, "module", model)
+    module, size = getattr(model, "module", model), size_pair(input_size)
     name = resolve_layers(module, [layer], model_name=getattr(model, "name", None))[0]
-    size = _size(input_size)
     field = _fields(module, size).get(name)
     if not isinstance(field, _Field):
         why = ("it depends on the whole input but is not a map (after global pooling, flattening "
                "or a Linear layer)" if field == GLOBAL else "its output is not a map of the input"
-               " that the analysis can follow (e.g. after upsampling), or the layer did not run")
+               " that the analysis can follow (e.g. after upsampling, windows), or it did not run")
         raise ConfigError(f"layer '{name}' has no spatial receptive field: {why}.")
     check_position(position, field.sizes, name)
     return _box(field, position, size)
@@ -409,33 +467,15 @@ def check_position(position: Any, sizes: tuple[int, int], name: str) -> None:
                           f"map of '{name}' (y in 0..{sizes[0] - 1}, x in 0..{sizes[1] - 1}).")
 
 
-def format_field(field: ReceptiveField | str | None, cumulative: float | None = None
-                 ) -> tuple[str, str]:
-    """Table cells ``(total stride, receptive field)`` for one entry of
-    :func:`receptive_fields`: ``('8', '91')``, ``'91*'`` with global context, ``('', 'whole
-    image')`` after global pooling; without a field the stride falls back to ``cumulative``
-    (the input / output size ratio of :class:`featuremap.layers.LayerInfo`)."""
-    if field == GLOBAL:
-        return "", "whole image"
-    if not isinstance(field, ReceptiveField):
-        return (f"{cumulative:g}" if cumulative else ""), ""
-    stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
-    return stride, _size_text(field) + ("*" if field.global_context else "")
-
-
-def _size_text(field: ReceptiveField) -> str:
-    """'16' for a square field, '16x9' otherwise."""
-    return "x".join(dict.fromkeys(str(s) for s in field.size))
-
-
 def field_label(field: ReceptiveField | str | None) -> str:
     """A short label for pictures and listings: ``'field 16 px'``, ``'field 7 px + global'``,
     ``'field: whole image'``, or ``''`` where undefined."""
-    if field == GLOBAL:
+    if field == GLOBAL or getattr(field, "whole", False):
         return "field: whole image"
     if not isinstance(field, ReceptiveField):
         return ""
-    return f"field {_size_text(field)} px" + (" + global" if field.global_context else "")
+    size = "x".join(dict.fromkeys(str(s) for s in field.size))  # '16', or '16x9'
+    return f"field {size} px" + (" + global" if field.global_context else "")
 
 
 def field_labels(model: Any, layers: Any, *, input_size: int | tuple[int, int] = 224
@@ -454,7 +494,6 @@ def receptive_fields(model: Any, *, input_size: int | tuple[int, int] = 224
         and ``stride`` hold for every position); ``"global"`` for layers whose output depends on
         the whole input but is not a map (global pooling, Linear); ``None`` where undefined.
     """
-    module = getattr(model, "module", model)
-    size = _size(input_size)
+    module, size = getattr(model, "module", model), size_pair(input_size)
     return {name: _box(f, (0, 0), size) if isinstance(f, _Field) else f
             for name, f in _fields(module, size).items()}

@@ -23,10 +23,12 @@ from featuremap.layers import in_channels as first_conv_channels
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["LayerTable", "layer_table", "list_layers", "overview_layers"]
+__all__ = ["LayerTable", "format_field", "layer_table", "list_layers", "overview_layers"]
 
 DID_NOT_RUN = ("- : did not run in the forward pass (a training-only or auxiliary head, or one "
                "another method calls).")
+WHOLE = ("whole image with a stride: attention on the way lets every position of these maps see "
+         "every pixel.")
 GLOBAL_CONTEXT = ("* also sees every pixel through a global pooling on the way "
                   "(squeeze-and-excitation) or a GroupNorm; the size is the convolution path's.")
 
@@ -156,8 +158,6 @@ class LayerTable:
 
     def rows(self) -> list[tuple[str, ...]]:
         """One tuple of cells per layer, in :data:`COLUMNS` order."""
-        from featuremap.receptive import format_field
-
         rows = []
         for i in self.layers:
             stride, size = format_field(self.fields.get(i.name), i.cumulative_stride)
@@ -221,9 +221,28 @@ def layer_table(model: Any, *, input_size: int | tuple[int, int] | None = None,
         notes.append(DID_NOT_RUN)
     if any(getattr(fields.get(i.name), "global_context", False) for i in infos):
         notes.append(GLOBAL_CONTEXT)
+    if any(getattr(fields.get(i.name), "whole", False) for i in infos):
+        notes.append(WHOLE)
     name = getattr(model, "name", "") or type(_module(model)).__name__
     return LayerTable(name, size, infos, fields, notes, warnings,
                       indent=not (leaves_only or types or pattern))
+
+
+def format_field(field: Any, cumulative: float | None = None) -> tuple[str, str]:
+    """Table cells ``(total stride, receptive field)`` for one entry of
+    :func:`featuremap.receptive.receptive_fields`: ``('8', '91')``, ``'91*'`` with global
+    context, ``('16', 'whole image')`` through attention, ``('', 'whole image')`` after global
+    pooling; without a field the stride falls back to ``cumulative`` (the input / output size
+    ratio of :class:`featuremap.layers.LayerInfo`)."""
+    from featuremap.receptive import GLOBAL, ReceptiveField
+
+    if field == GLOBAL:
+        return "", "whole image"
+    if not isinstance(field, ReceptiveField):
+        return (f"{cumulative:g}" if cumulative else ""), ""
+    stride = "x".join(dict.fromkeys(f"{s:g}" for s in field.stride))
+    size = "x".join(dict.fromkeys(str(s) for s in field.size))  # '16', or '16x9'
+    return stride, "whole image" if field.whole else size + ("*" if field.global_context else "")
 
 
 def _default_size(model: Any) -> tuple[int, int]:

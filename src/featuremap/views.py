@@ -166,6 +166,22 @@ def show(model: Any, image: Any, *, layer: str, draw: str = "grid", top: int | N
     return LayerView(fm, name, draw, top, chosen, shared_scale, kernels, m.weights)
 
 
+def _default_layers(m: Model, most: int = 6) -> list[str]:
+    stages = list(m.stage_layers or ())
+    try:
+        names = overview_layers(m.module, input_size=m.input_size,
+                                in_channels=m.preprocess.channels)
+    except ConfigError:  # no (N, C, H, W) maps: the declared stages may have tokens
+        if not stages:
+            raise
+        names = []
+    if not stages or set(stages) <= set(names):
+        return names
+    if len(stages) > most:
+        stages = [stages[round(i * (len(stages) - 1) / (most - 1))] for i in range(most)]
+    return list(dict.fromkeys([*names[:1], *stages]))
+
+
 @dataclass
 class Overview:
     """Several layers of a network on one image, low to high."""
@@ -191,19 +207,21 @@ class Overview:
 def overview(model: Any, image: Any, *, layers: str | Sequence[str] | None = None,
              per_layer: int = 8) -> Overview:
     """The feature maps of ``image`` from low to high layers: by default the first convolution
-    and the end of every stage (:func:`featuremap.summary.overview_layers`).
+    and the end of every stage (:func:`featuremap.summary.overview_layers`; the stages the
+    network declares when they are not all among those, as a vision transformer's blocks, at
+    most six of them spread from the first to the last).
 
     Example:
         >>> print(overview(load_model("shapes"), "docs/scene.png"))  # doctest: +SKIP
     """
     m = as_model(model)
     per_layer = _count(per_layer, "per_layer", low=1, high=64)
-    names = m.resolve(layers) if layers is not None else overview_layers(
-        m.module, input_size=m.input_size, in_channels=m.preprocess.channels)
+    names = m.resolve(layers) if layers is not None else _default_layers(m)
     fm = extract(m, image, layers=names)
-    flat = [n for n, meta in fm.meta.items() if not meta.is_map]
-    if len(flat) == len(names):
-        raise ConfigError("none of the layers has feature maps (N, C, H, W): "
-                          + "; ".join(f"'{n}': {fm.meta[n].reason}" for n in flat[:3]) + ".")
+    flat = [meta for meta in fm.meta.values() if not meta.is_map]
+    if flat:
+        raise ConfigError(f"layer '{flat[0].name}' ({flat[0].type}) gives {flat[0].source_shape}, "
+                          f"not feature maps: {flat[0].reason}. Pick layers with maps "
+                          f"('featuremap layers {m.name}' shows every layer's output shape).")
     fm.fields = _labels(m, fm)
     return Overview(fm, per_layer, m.weights)

@@ -96,7 +96,9 @@ def default_cam_layer(model: Any, *, input_size: int | tuple[int, int] | None = 
     """The last layer with spatial feature maps before the classifier: the usual CAM layer.
 
     It is the end of the network's last stage (:meth:`featuremap.model.Model.stages`):
-    ``'backbone.block4'`` for ``"shapes"``, ``'layer4'`` for a ResNet.
+    ``'backbone.block4'`` for ``"shapes"``, ``'layer4'`` for a ResNet. A vision transformer that
+    classifies its class token alone (timm's ``global_pool='token'``) gets the end of the stage
+    before: the last block's patch tokens never reach that classifier.
 
     Raises:
         ConfigError: a model without any layer of spatial maps.
@@ -105,7 +107,13 @@ def default_cam_layer(model: Any, *, input_size: int | tuple[int, int] | None = 
         >>> default_cam_layer(load_model("shapes"))
         'backbone.block4'
     """
-    return as_model(model).stage_names(input_size)[-1]
+    m = as_model(model)
+    names = m.stage_names(input_size)
+    return names[-2] if len(names) > 1 and _class_token_only(m) else names[-1]
+
+
+def _class_token_only(m: Model) -> bool:
+    return bool(m.prefix_tokens) and getattr(m.module, "global_pool", None) == "token"
 
 
 def _suggest(m: Model) -> str:
@@ -138,6 +146,12 @@ def grad_cam_of(m: Model, got: Captured, layer: str, logits: torch.Tensor, k: in
     if grads is None:
         raise ConfigError(f"the class scores of {m.name} do not depend on layer '{layer}' (a "
                           f"side branch?): pick a layer on the way to the classifier, e.g. "
+                          f"'{_suggest(m)}'.")
+    if not bool(grads.ne(0).any()):
+        why = (" (the classifier reads the class token alone, and nothing after this layer "
+               "mixes the patch tokens into it)" if _class_token_only(m) else "")
+        raise ConfigError(f"the class score of {m.name} does not change with the maps of layer "
+                          f"'{layer}' at any position{why}: pick an earlier layer, e.g. "
                           f"'{_suggest(m)}'.")
     weights = grads.mean(dim=(2, 3), keepdim=True)
     return torch.relu((weights * maps.detach()).sum(dim=1))[0]

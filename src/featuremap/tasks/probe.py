@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from featuremap.datasets import Collection, batches, open_collection
 from featuremap.errors import ConfigError, printable
-from featuremap.extraction import Extractor
+from featuremap.extraction import Extractor, LayerMeta
 from featuremap.model import Model, as_model
 from featuremap.outputs import atomic_paths, check_output
 
@@ -179,6 +179,15 @@ def _pool(maps: torch.Tensor, layer: str) -> torch.Tensor:
                       "(N, L, D) or (N, D).")
 
 
+def _check_features(meta: LayerMeta) -> None:
+    """Maps and vectors are features; attention tensors and windows are not one row per image."""
+    if meta.layout == "other":
+        raise ConfigError(f"layer '{meta.name}' ({meta.type}) gives {meta.source_shape}, neither "
+                          f"feature maps nor one vector per image: {meta.reason}; a probe reads "
+                          "(N, C, H, W) maps or (N, D) vectors ('featuremap layers MODEL' lists "
+                          "every layer's output shape).")
+
+
 def _features(m: Model, extractor: Extractor, collection: Collection, batch_size: int,
               progress: Callable[[int, int], Any] | None
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str]]:
@@ -192,9 +201,10 @@ def _features(m: Model, extractor: Extractor, collection: Collection, batch_size
         for batch in stream:
             pooled = {n: [None] * len(batch) for n in extractor.layers}
             for group in batch.groups:
-                maps = extractor.run(torch.from_numpy(group.images)).maps
+                got = extractor.run(torch.from_numpy(group.images))
                 for n in extractor.layers:
-                    for pos, row in zip(group.positions, _pool(maps[n], n).cpu()):
+                    _check_features(got.meta[n])
+                    for pos, row in zip(group.positions, _pool(got.maps[n], n).cpu()):
                         pooled[n][int(pos)] = row
             if len(batch):
                 for n in extractor.layers:
@@ -285,8 +295,10 @@ def probe(
 
     Every requested layer comes from one forward pass per batch (an
     :class:`~featuremap.extraction.Extractor` that stops after the last of them; the model's own
-    preprocessing). Each layer's maps ``(N, C, H, W)`` are averaged over ``H, W`` to ``(N, C)``
-    (``(N, D)`` outputs are used as they are, ``(N, L, D)`` token outputs averaged over ``L``).
+    preprocessing). Each layer's maps ``(N, C, H, W)`` (transformer tokens and channels-last
+    outputs laid out as maps by the engine) are averaged over ``H, W`` to ``(N, C)``; ``(N, D)``
+    outputs are used as they are; other outputs (attention tensors, a Swin block's windows) are
+    refused.
     Per layer, a multinomial logistic regression on features standardised with the training
     split's mean and std (L-BFGS from zeros, ``l2``) is fit on the training split and scored on
     the held-out split. The split is stratified and seeded: per class, a seeded permutation of
@@ -310,7 +322,8 @@ def probe(
 
     Raises:
         ConfigError: a missing data folder or not a folder, no class sub-folders, fewer than 2
-            classes, no readable image, a class with fewer than 2 readable images, bad options.
+            classes, no readable image, a class with fewer than 2 readable images, bad options,
+            a layer whose output is neither maps nor one vector per image.
         UnknownNameError: an unknown layer.
 
     Example:

@@ -29,7 +29,7 @@ from featuremap.errors import ConfigError, printable
 from featuremap.model import Model, as_model
 from featuremap.tasks.mapcache import MapCache
 from featuremap.tasks.seghead import SegHeadResult, head_logits
-from featuremap.tasks.segmentation import native
+from featuremap.tasks.segmentation import native, native_pass
 
 __all__ = ["check_fit", "fit_seg_head", "iou_scores"]
 
@@ -54,10 +54,12 @@ def check_fit(epochs: Any, test_fraction: Any, batch_size: Any, lr: Any) -> None
 
 
 def _extract(m: Model, layers: list[str], collection: Collection, batch_size: int, void: int,
-             cache: MapCache, tick: Callable[[int], None]) -> tuple[list[str], int]:
+             cache: MapCache, tick: Callable[[int], None], notes: list[str]
+             ) -> tuple[list[str], int]:
     """Pass 1: every readable pair's maps and mask into ``cache``, in collection order.
 
-    Returns ``(skipped names, largest label that is not void)``.
+    Returns ``(skipped names, largest label that is not void)``; ``notes`` get what was done to
+    the images.
     """
     reader = collection.reader(preprocess=native(m.preprocess),
                                ignore_index=None if void < 0 else void)
@@ -69,7 +71,7 @@ def _extract(m: Model, layers: list[str], collection: Collection, batch_size: in
         for batch in stream:
             by_index: dict[int, tuple[list[torch.Tensor], np.ndarray]] = {}
             for group in batch.groups:
-                got = engine(torch.from_numpy(group.images).to(m.device))
+                got = native_pass(m, engine, torch.from_numpy(group.images).to(m.device), notes)
                 maps = [got.map(n).float().cpu() for n in layers]
                 for k, index in enumerate(group.indices):
                     by_index[int(index)] = ([t[k] for t in maps], group.masks[k])
@@ -224,14 +226,15 @@ def fit_seg_head(
     border, by default) are neither trained on nor scored.
 
     Images are used at their own size (no resize or crop, so masks stay aligned), normalised as
-    the model expects. All layers come from one forward pass per batch of ``batch_size`` images,
-    once: the maps are kept at their own resolution on disk, and the head (one
-    ``nn.Conv2d(C_total, K, 1)`` over the maps upsampled to the mask size, bilinear,
-    concatenated) is trained on them with Adam and cross-entropy over pixels, on standardised
-    channels (folded back into the head at the end). A seeded shuffle of the readable pairs
-    holds out ``test_fraction`` of them; the scores come from one confusion matrix summed over
-    the held-out pixels. A class without pixels in the held-out masks gets IoU NaN and is left
-    out of the mIoU. Deterministic for a seed.
+    the model expects; a network that runs only at its input size (a vision transformer) gets
+    them resized, whole, to it, and its maps are upsampled to the masks alike. All layers come
+    from one forward pass per batch of ``batch_size`` images, once: the maps are kept at their
+    own resolution on disk, and the head (one ``nn.Conv2d(C_total, K, 1)`` over the maps
+    upsampled to the mask size, bilinear, concatenated) is trained on them with Adam and
+    cross-entropy over pixels, on standardised channels (folded back into the head at the end). A
+    seeded shuffle of the readable pairs holds out ``test_fraction`` of them; the scores come
+    from one confusion matrix summed over the held-out pixels. A class without pixels in the
+    held-out masks gets IoU NaN and is left out of the mIoU. Deterministic for a seed.
 
     Args:
         model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
@@ -272,8 +275,9 @@ def fit_seg_head(
         if progress is not None:
             progress(done, total)
 
+    notes: list[str] = []
     with MapCache() as cache:
-        skipped, top = _extract(m, names, collection, batch_size, void, cache, tick)
+        skipped, top = _extract(m, names, collection, batch_size, void, cache, tick, notes)
         if len(cache) < 2:
             raise ConfigError(f"{len(cache)} readable image/mask pair(s) in '{printable(root)}' "
                               f"({len(skipped)} unreadable skipped): fitting and testing need "
@@ -295,4 +299,4 @@ def fit_seg_head(
         weight, bias, labels, names, channels, m.name, iou, miou, accuracy, confusion,
         len(train), len(test), skipped, {n: int(c) for n, c in zip(labels, confusion.sum(1))},
         history, int(seed), epochs, float(lr), ignore_index=None if void < 0 else void,
-        ignored_pixels=ignored)
+        ignored_pixels=ignored, notes=notes)

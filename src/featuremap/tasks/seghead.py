@@ -29,7 +29,7 @@ from torch import nn
 
 from featuremap.errors import ConfigError, WeightsError, printable
 from featuremap.outputs import atomic_paths, check_output
-from featuremap.tasks.segmentation import Segmentation, native, upsample
+from featuremap.tasks.segmentation import Segmentation, native, native_pass, upsample
 from featuremap.tasks.topk import one_image
 
 __all__ = ["SegHeadResult", "apply_seg_head", "head_logits", "load_seg_head"]
@@ -56,6 +56,7 @@ class SegHeadResult:
         seed, epochs, lr: how it was fitted.
         ignore_index, ignored_pixels: the label left out, and how many pixels (both splits)
             carried it.
+        notes: what was done to the images that the user may not expect (not saved).
     """
 
     weight: torch.Tensor = field(repr=False)
@@ -78,6 +79,7 @@ class SegHeadResult:
     lr: float = 0.0
     ignore_index: int | None = None
     ignored_pixels: int = 0
+    notes: list[str] = field(default_factory=list, repr=False)
 
     def check(self) -> None:
         """Refuse a head whose tensors do not fit its own description, or hold NaN/inf."""
@@ -108,7 +110,7 @@ class SegHeadResult:
         if self.ignored_pixels:
             lines.append(f"left out {self.ignored_pixels:,} pixels labelled {self.ignore_index} "
                          "(--ignore-index)")
-        return lines
+        return lines + [f"note: {printable(n)}" for n in self.notes]
 
     def __str__(self) -> str:
         rows = self.rows()
@@ -270,7 +272,8 @@ def apply_seg_head(model: Any, head: SegHeadResult | str | os.PathLike[str],
     if prepared.batch.shape[0] != 1:
         raise ConfigError(f"one image at a time, please: got a batch of "
                           f"{prepared.batch.shape[0]}.")
-    got = m.capture(layers)(prepared.batch)
+    notes = list(prepared.notes)
+    got = native_pass(m, m.capture(layers), prepared.batch, notes)
     maps = [got.map(n).float().cpu() for n in layers]
     found = [t.shape[1] for t in maps]
     if found != list(result.channels):
@@ -283,4 +286,4 @@ def apply_seg_head(model: Any, head: SegHeadResult | str | os.PathLike[str],
                             prepared.batch.shape[-2:]).softmax(1)[0]
     return Segmentation(probs.argmax(0).numpy().astype(np.int64), list(result.class_names),
                         prepared.picture(), probs.numpy(), "fitted head", m.name, layers,
-                        prepared.notes + got.notes)
+                        notes + got.notes)

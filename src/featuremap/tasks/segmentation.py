@@ -18,16 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featuremap.errors import printable
+from featuremap.errors import ConfigError, printable
 from featuremap.preprocess import Preprocess
 
-__all__ = ["Segmentation", "label_names", "native", "upsample"]
+if TYPE_CHECKING:  # pragma: no cover
+    from featuremap.capture import Capture, Captured
+    from featuremap.model import Model
+
+__all__ = ["Segmentation", "label_names", "native", "native_pass", "upsample"]
 
 
 @dataclass
@@ -102,6 +106,32 @@ def native(preprocess: Preprocess) -> Preprocess:
     """The model's normalisation without resize or crop: maps stay aligned with masks."""
     return Preprocess(resize=None, crop=None, mean=preprocess.mean, std=preprocess.std,
                       channels=preprocess.channels)
+
+
+def native_pass(m: Model, engine: Capture, batch: torch.Tensor,
+                notes: list[str] | None = None) -> Captured:
+    """``engine(batch)`` on images at their own size; where the network does not run at that
+    size but does at its input size (a vision transformer's fixed patch grid), on the whole
+    images resized to it (bilinear), with a note. The maps, upsampled to the images, stay
+    aligned with their masks either way."""
+    try:
+        return engine(batch)
+    except ConfigError as err:
+        size = m.input_size
+        if tuple(batch.shape[-2:]) == size:
+            raise
+        shrink = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]
+        resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False,
+                                antialias=shrink)
+        try:
+            got = engine(resized)
+        except ConfigError:
+            raise err from None
+    said = (f"{m.name} does not run on {batch.shape[-2]} x {batch.shape[-1]} images: they were "
+            f"resized, whole, to its input size {size[0]} x {size[1]} and the maps resized back")
+    if notes is not None and said not in notes:
+        notes.append(said)
+    return got
 
 
 def label_names(categories: Sequence[str] | None, k: int) -> list[str]:
