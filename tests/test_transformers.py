@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import featuremap
+from clirun import run_error, run_ok
 from featuremap.bundled.scenes import make_scene, save_dataset
 from featuremap.capture import inference_state
 from featuremap.effective import empirical_receptive_field, trace_field
@@ -29,7 +30,6 @@ from featuremap.tasks.segfit import fit_seg_head
 from featuremap.tasks.seghead import apply_seg_head
 from featuremap.value import explain
 from featuremap.views import overview, show
-from test_cli import run_error, run_ok
 
 CASES = {
     "vit": dict(name="timm:vit_tiny_patch16_224", layer="blocks.5", index=5, layout="tokens",
