@@ -86,7 +86,7 @@ def plot_overview(fm, *, image: int = 0, per_layer: int = 8, cell_inches: float 
     the layer's shape and stride (and ``labels[layer]``, e.g. its receptive field), so the
     shrinking maps, the growing depth and the growing region behind each value are visible.
     """
-    layers = [n for n in fm if fm[n].dim() == 4]
+    layers = [n for n in fm if fm[n].dim() == 4 and getattr(fm.meta.get(n), "is_map", True)]
     if not layers:
         raise ConfigError("none of the extracted layers has feature maps (N, C, H, W).")
     has_input = fm.images is not None

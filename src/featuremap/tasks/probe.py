@@ -168,15 +168,14 @@ class ProbeResult:
 
 
 def _pool(maps: torch.Tensor, layer: str) -> torch.Tensor:
-    """One vector per image: (N, C, H, W) averaged over H, W; (N, L, D) over L; (N, D) as is."""
+    """One vector per image: maps (N, C, H, W) averaged over H, W (transformer tokens arrive as
+    maps on the patch grid); vectors (N, D) as they are."""
     if maps.dim() == 4:
         return maps.float().mean(dim=(2, 3))
-    if maps.dim() == 3:
-        return maps.float().mean(dim=1)
     if maps.dim() == 2:
         return maps.float()
-    raise ConfigError(f"layer '{layer}' gives {tuple(maps.shape)}; a probe needs (N, C, H, W), "
-                      "(N, L, D) or (N, D).")
+    raise ConfigError(f"layer '{layer}' gives {tuple(maps.shape)}; a probe needs maps "
+                      "(N, C, H, W) or one vector per image (N, D).")
 
 
 def _check_features(meta: LayerMeta) -> None:
