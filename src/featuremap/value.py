@@ -20,7 +20,7 @@ from featuremap.conv import explain as explain_engine
 from featuremap.errors import ConfigError, FeaturemapError
 from featuremap.model import Model, as_model
 
-__all__ = ["explain", "image_region"]
+__all__ = ["LayerInput", "explain", "image_region", "layer_input", "layer_lab"]
 
 
 def _conv_layer(m: Model, layer: str) -> tuple[str, nn.Conv2d]:
@@ -34,6 +34,95 @@ def _conv_layer(m: Model, layer: str) -> tuple[str, nn.Conv2d]:
             f"of a convolution. This model has {len(convs)} Conv2d layers ({shown}); "
             f"'featuremap layers {m.name or 'MODEL'} --type conv' lists them.")
     return name, conv
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInput:
+    """A convolution's real input on one image, and the layer: what its arithmetic runs on.
+
+    Attributes:
+        layer: the layer's name; input: ``(C, H, W)`` float32, the maps it reads.
+        weight: ``(D, C / groups, kH, kW)``; bias: ``(D,)`` or None.
+        settings: the layer's own ``stride``, ``padding``, ``dilation``, ``groups`` and
+            ``padding_mode``.
+        channel_names: ``("R", "G", "B")`` when the layer reads the image itself.
+        size: the ``(H, W)`` of the image the network saw.
+    """
+
+    layer: str
+    input: Any
+    weight: Any
+    bias: Any
+    settings: dict
+    channel_names: tuple[str, ...]
+    size: tuple[int, int]
+
+
+def layer_input(model: Any, image: Any, *, layer: str) -> LayerInput:
+    """The input a ``Conv2d`` layer reads on ``image`` (one pass that stops after the layer).
+
+    Raises:
+        ConfigError: a layer that is not a Conv2d (naming those that are).
+    """
+    m = as_model(model)
+    layer, conv = _conv_layer(m, layer)
+    batch = m.prepare(image).batch[:1]
+    x = m.capture([layer], inputs=[layer])(batch).inputs[layer]  # stops after the layer
+    # the layer reads the (preprocessed) image itself: name its channels
+    rgb = ("R", "G", "B") if x.shape[1] == 3 and torch.equal(x, batch[:1]) else ()
+    padding: Any = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    bias = conv.bias.detach().float().cpu().numpy() if conv.bias is not None else None
+    settings = {"stride": tuple(conv.stride), "padding": padding,
+                "dilation": tuple(conv.dilation), "groups": conv.groups,
+                "padding_mode": conv.padding_mode}
+    return LayerInput(layer, x[0].float().cpu().numpy(), conv.weight.detach().float().cpu()
+                      .numpy(), bias, settings, rgb, tuple(batch.shape[2:]))
+
+
+def layer_lab(model: Any, image: Any, *, layer: str, stride: Any = None, padding: Any = None,
+              dilation: Any = None, padding_mode: str | None = None, depth: int | None = None):
+    """A real convolution's filters on its real input, with the settings you choose: the
+    transparent engine computes the maps (the network's own values at the layer's own
+    settings), so stride, padding, dilation and depth can be tuned on a trained layer.
+
+    Returns:
+        A :class:`~featuremap.toy.ToyMaps` (maps named ``"ch i"``; ``input`` is the layer's
+        input maps).
+
+    Example:
+        >>> lab = layer_lab(load_model("shapes"), "docs/scene.png",  # doctest: +SKIP
+        ...                 layer="backbone.block1.conv1", stride=2)
+    """
+    from featuremap.arithmetic import conv_cost
+    from featuremap.conv import conv2d
+    from featuremap.toy import ToyMaps
+
+    got = layer_input(model, image, layer=layer)
+    st = dict(got.settings)
+    for key, value in (("stride", stride), ("padding", padding), ("dilation", dilation),
+                       ("padding_mode", padding_mode)):
+        if value is not None:
+            st[key] = value
+    weight, bias = got.weight, got.bias
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(weight):
+            raise ConfigError(f"depth must be from 1 to the layer's {len(weight)} filters, got "
+                              f"{depth!r}.")
+        if depth % st["groups"]:
+            raise ConfigError(f"depth {depth} must be a multiple of the layer's groups "
+                              f"({st['groups']}).")
+        weight, bias = weight[:depth], (bias[:depth] if bias is not None else None)
+    maps = conv2d(got.input, weight, bias, stride=st["stride"], padding=st["padding"],
+                  dilation=st["dilation"], groups=st["groups"], padding_mode=st["padding_mode"])
+    cost = conv_cost(got.input.shape[1:], tuple(weight.shape[2:]), depth=len(weight),
+                     in_channels=got.input.shape[0], stride=st["stride"], padding=st["padding"],
+                     dilation=st["dilation"], groups=st["groups"], bias=bias is not None,
+                     padding_mode=st["padding_mode"])
+    settings = {**st, "stride": cost.stride, "padding": cost.padding,
+                "dilation": cost.dilation, "kernel_size": cost.kernel_size, "layer": got.layer,
+                "channels": "layer input"}
+    return ToyMaps(maps=maps, names=tuple(f"ch {i}" for i in range(len(weight))),
+                   input=got.input, cost=cost, settings=settings)
 
 
 def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> Explanation:
@@ -59,19 +148,14 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
         >>> print(e)  # doctest: +SKIP
     """
     m = as_model(model)
-    layer, conv = _conv_layer(m, layer)
-    batch = m.prepare(image).batch[:1]
-    x = m.capture([layer], inputs=[layer])(batch).inputs[layer]  # stops after the layer
-    # the layer reads the (preprocessed) image itself: name its channels
-    rgb = ("R", "G", "B") if x.shape[1] == 3 and torch.equal(x, batch[:1]) else ()
-    padding: Any = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-    bias = conv.bias.detach().float().cpu().numpy() if conv.bias is not None else None
+    got = layer_input(m, image, layer=layer)
+    st = got.settings
     e = explain_engine(
-        x[0].float().cpu().numpy(), conv.weight.detach().float().cpu().numpy(), bias, at=at,
-        stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation),
-        groups=conv.groups, padding_mode=conv.padding_mode,
-        map_name=f"{layer}, output channel {at[0] if len(at) else '?'}", channel_names=rgb)
-    seen = image_region(m, layer, e.at[1:], tuple(batch.shape[2:]))
+        got.input, got.weight, got.bias, at=at, stride=st["stride"], padding=st["padding"],
+        dilation=st["dilation"], groups=st["groups"], padding_mode=st["padding_mode"],
+        map_name=f"{got.layer}, output channel {at[0] if len(at) else '?'}",
+        channel_names=got.channel_names)
+    seen = image_region(m, got.layer, e.at[1:], got.size)
     return dataclasses.replace(e, context=(seen,)) if seen else e
 
 
