@@ -260,6 +260,8 @@ class Capture:
         prefix_tokens: the model's number of class/register tokens, if it says.
         allocate: ``allocate(shape, dtype, device)`` gives the memory of each copy (default
             ``torch.empty``).
+        allow_missing: layers that do not run are left out of the result instead of being an
+            error (to capture "everything that runs").
 
     Example:
         >>> got = Capture(net, ["layer1"])(torch.zeros(1, 3, 64, 64))  # doctest: +SKIP
@@ -270,7 +272,8 @@ class Capture:
     def __init__(self, module: nn.Module, layers: Sequence[str], *, inputs: Sequence[str] = (),
                  keep: str = "copy", early_stop: bool = True, model_name: str = "",
                  prefix_tokens: int | None = None,
-                 allocate: Callable[..., torch.Tensor] | None = None) -> None:
+                 allocate: Callable[..., torch.Tensor] | None = None,
+                 allow_missing: bool = False) -> None:
         if keep not in KEEP:
             raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}.")
         self.module, self.layers, self.input_layers = module, list(layers), list(inputs)
@@ -280,6 +283,7 @@ class Capture:
             shape, dtype=dtype, device=device))
         self._modules = dict(module.named_modules())
         self._buffers: dict[str, torch.Tensor] = {}
+        self.allow_missing = allow_missing
 
     def _keep(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A copy of a (maps-layout) view, into fresh memory or this layer's buffer."""
@@ -341,10 +345,10 @@ class Capture:
             raise explain_failure(self.module, tuple(batch.shape), err, self.model_name) from None
         missing = [n for n in self.layers if n not in got.meta] + [
             n for n in self.input_layers if n not in got.inputs]
-        if missing:
+        if missing and not self.allow_missing:
             raise did_not_run(list(dict.fromkeys(missing)), self.model_name)
-        got.maps = {n: got.maps[n] for n in self.layers}
-        got.meta = {n: got.meta[n] for n in self.layers}
+        got.maps = {n: got.maps[n] for n in self.layers if n in got.maps}
+        got.meta = {n: got.meta[n] for n in self.layers if n in got.meta}
         return got
 
     def _take(self, name: str, module: nn.Module, output: Any, got: Captured,

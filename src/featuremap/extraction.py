@@ -151,17 +151,19 @@ class Extractor:
         early_stop: end the forward pass after the last requested layer has fired.
         preprocess: ``"model"`` (the model's own), a :class:`~featuremap.preprocess.Preprocess`,
             or None (images in ``[0, 1]`` at their own size, tensors as given).
+        allow_missing: leave out layers that did not run instead of refusing them.
     """
 
     def __init__(self, model: Any, layers: str | Sequence[str], *, reuse_buffers: bool = False,
-                 early_stop: bool = True, preprocess: Preprocess | str | None = "model") -> None:
+                 early_stop: bool = True, preprocess: Preprocess | str | None = "model",
+                 allow_missing: bool = False) -> None:
         self.model: Model = as_model(model)
         self.module, self.name = self.model.module, self.model.name
         self.layers = self.model.resolve(layers)
         self.preprocess = preprocess
         self.engine = self.model.capture(self.layers, early_stop=early_stop,
                                          keep="buffers" if reuse_buffers else "copy",
-                                         allocate=_allocate)
+                                         allocate=_allocate, allow_missing=allow_missing)
 
     def run(self, batch: torch.Tensor):
         """One forward pass of a prepared batch: the engine's
@@ -191,6 +193,7 @@ def extract(
     device: torch.device | str | None = None,
     early_stop: bool = True,
     preprocess: Preprocess | str | None = "model",
+    allow_missing: bool = False,
 ) -> FeatureMaps:
     """Feature maps of the requested layers, from one forward pass that stops after the last.
 
@@ -205,6 +208,8 @@ def extract(
         early_stop: end the pass once the last requested layer has fired.
         preprocess: ``"model"`` (default), a :class:`~featuremap.preprocess.Preprocess`, or None
             (no resize, crop or normalisation).
+        allow_missing: leave out layers that did not run (a training-only head, a branch)
+            instead of refusing them: extract "every layer that runs".
 
     Returns:
         :class:`FeatureMaps`, in request order, detached copies.
@@ -217,8 +222,8 @@ def extract(
     Example:
         >>> fm = extract(load_model("resnet18"), "sample:chelsea", layers="layer2")
     """
-    return Extractor(model, layers, early_stop=early_stop, preprocess=preprocess)(
-        images, device=device)
+    return Extractor(model, layers, early_stop=early_stop, preprocess=preprocess,
+                     allow_missing=allow_missing)(images, device=device)
 
 
 def retain_memory(*, mmap_threshold: int = 32 * 2**20, trim_threshold: int = 16 * 2**30,

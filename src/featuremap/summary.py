@@ -186,7 +186,8 @@ class LayerTable:
                         "global_context": value.global_context}
             return value
 
-        return {"model": self.model_name, "input_size": list(self.input_size),
+        return {"title": self.title, "model": self.model_name,
+                "input_size": list(self.input_size),
                 "columns": list(COLUMNS), "rows": [list(r) for r in self.rows()],
                 "fields": {i.name: fld(self.fields.get(i.name)) for i in self.layers},
                 "notes": list(self.notes), "warnings": list(self.warnings)}

@@ -98,6 +98,23 @@ def layer_lab(model: Any, image: Any, *, layer: str, stride: Any = None, padding
     from featuremap.toy import ToyMaps
 
     got = layer_input(model, image, layer=layer)
+    st, weight, bias = _settings(got, stride, padding, dilation, padding_mode, depth)
+    maps = conv2d(got.input, weight, bias, stride=st["stride"], padding=st["padding"],
+                  dilation=st["dilation"], groups=st["groups"], padding_mode=st["padding_mode"])
+    cost = conv_cost(got.input.shape[1:], tuple(weight.shape[2:]), depth=len(weight),
+                     in_channels=got.input.shape[0], stride=st["stride"], padding=st["padding"],
+                     dilation=st["dilation"], groups=st["groups"], bias=bias is not None,
+                     padding_mode=st["padding_mode"])
+    settings = {**st, "stride": cost.stride, "padding": cost.padding,
+                "dilation": cost.dilation, "kernel_size": cost.kernel_size, "layer": got.layer,
+                "channels": "layer input"}
+    return ToyMaps(maps=maps, names=tuple(f"ch {i}" for i in range(len(weight))),
+                   input=got.input, cost=cost, settings=settings)
+
+
+def _settings(got: LayerInput, stride: Any, padding: Any, dilation: Any,
+              padding_mode: str | None, depth: int | None) -> tuple[dict, Any, Any]:
+    """The layer's settings with the chosen ones put in, and its weights cut to ``depth``."""
     st = dict(got.settings)
     for key, value in (("stride", stride), ("padding", padding), ("dilation", dilation),
                        ("padding_mode", padding_mode)):
@@ -112,20 +129,12 @@ def layer_lab(model: Any, image: Any, *, layer: str, stride: Any = None, padding
             raise ConfigError(f"depth {depth} must be a multiple of the layer's groups "
                               f"({st['groups']}).")
         weight, bias = weight[:depth], (bias[:depth] if bias is not None else None)
-    maps = conv2d(got.input, weight, bias, stride=st["stride"], padding=st["padding"],
-                  dilation=st["dilation"], groups=st["groups"], padding_mode=st["padding_mode"])
-    cost = conv_cost(got.input.shape[1:], tuple(weight.shape[2:]), depth=len(weight),
-                     in_channels=got.input.shape[0], stride=st["stride"], padding=st["padding"],
-                     dilation=st["dilation"], groups=st["groups"], bias=bias is not None,
-                     padding_mode=st["padding_mode"])
-    settings = {**st, "stride": cost.stride, "padding": cost.padding,
-                "dilation": cost.dilation, "kernel_size": cost.kernel_size, "layer": got.layer,
-                "channels": "layer input"}
-    return ToyMaps(maps=maps, names=tuple(f"ch {i}" for i in range(len(weight))),
-                   input=got.input, cost=cost, settings=settings)
+    return st, weight, bias
 
 
-def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> Explanation:
+def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int],
+            stride: Any = None, padding: Any = None, dilation: Any = None,
+            padding_mode: str | None = None, depth: int | None = None) -> Explanation:
     """The patch x kernel products behind ``layer``'s output at ``at = (channel, y, x)``.
 
     Args:
@@ -134,9 +143,12 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
             or a tensor ``(1, C, H, W)`` used as it is.
         layer: a ``Conv2d`` layer (strided, padded, dilated and grouped ones included).
         at: output channel, row and column.
+        stride, padding, dilation, padding_mode, depth: other settings for the layer (as
+            :func:`layer_lab`); by default its own.
 
     Returns:
-        The engine's :class:`~featuremap.conv.Explanation`; ``value`` equals the network's.
+        The engine's :class:`~featuremap.conv.Explanation`; at the layer's own settings
+        ``value`` equals the network's.
 
     Raises:
         ConfigError: a layer that is not a Conv2d (naming those that are), ``at`` outside the
@@ -149,13 +161,14 @@ def explain(model: Any, image: Any, *, layer: str, at: tuple[int, int, int]) -> 
     """
     m = as_model(model)
     got = layer_input(m, image, layer=layer)
-    st = got.settings
+    st, weight, bias = _settings(got, stride, padding, dilation, padding_mode, depth)
+    own = st == got.settings and depth is None
     e = explain_engine(
-        got.input, got.weight, got.bias, at=at, stride=st["stride"], padding=st["padding"],
+        got.input, weight, bias, at=at, stride=st["stride"], padding=st["padding"],
         dilation=st["dilation"], groups=st["groups"], padding_mode=st["padding_mode"],
         map_name=f"{got.layer}, output channel {at[0] if len(at) else '?'}",
         channel_names=got.channel_names)
-    seen = image_region(m, got.layer, e.at[1:], got.size)
+    seen = image_region(m, got.layer, e.at[1:], got.size) if own else ""
     return dataclasses.replace(e, context=(seen,)) if seen else e
 
 

@@ -1,0 +1,132 @@
+"""The explorer's HTTP API: each handler checks its input, makes one library call, and sends
+the result's ``to_dict()`` (JSON) or its maps as bytes (:mod:`featuremap.quantize`'s messages).
+
+Errors come back as ``{"error": "one line"}`` with a 4xx status: 400 for what the library
+refuses (its one-line message), 404 for an unknown route or image, 409 for a request superseded
+by a newer one of the same slider, 413 for an upload too large, 415 for bytes that are not an
+image, 422 for a malformed request. Every route and its body are listed in :data:`ROUTES`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import Field
+from starlette.exceptions import HTTPException
+
+from featuremap.errors import FeaturemapError, ImageError, printable
+from featuremap.web.bodies import SampleBody, SceneBody
+from featuremap.web.state import Limits, Session, Superseded
+from featuremap.web.wire import error, finite
+
+__all__ = ["ROUTES", "create_app"]
+
+ROUTES = {
+    "GET /api/info": "models, samples, filters, limits, the start image",
+    "POST /api/images": "raw image bytes -> {id, name, width, height}",
+    "POST /api/images/sample": "SampleBody -> image",
+    "POST /api/images/scene": "SceneBody -> image with a true label mask",
+    "GET /api/images/{id}.png": "the image as decoded",
+    "GET /api/layers": "?model= -> the layer table",
+    "POST /api/lab": "LabBody -> maps (binary); with 'at': the arithmetic of one value (JSON)",
+    "POST /api/maps": "MapsBody -> one layer's maps (binary)",
+    "POST /api/overview": "OverviewBody -> the stages' strongest maps (binary)",
+    "POST /api/field": "FieldBody -> receptive field (binary: erf) or, with 3 numbers in 'at' "
+                       "on a convolution, its arithmetic (JSON)",
+    "POST /api/whatif": "WhatIfBody -> shapes, first break, new maps (binary)",
+    "POST /api/classify": "ClassifyBody -> top-k and a CAM (JSON)",
+    "POST /api/segment": "SegmentBody -> labels (binary)",
+}
+
+
+def create_app(session: Session) -> FastAPI:
+    """The FastAPI application serving the page and the API over ``session``."""
+    app = FastAPI(title="featuremap explorer", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    static = resources.files("featuremap.web") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.exception_handler(FeaturemapError)
+    async def libraryerror(_request: Request, err: FeaturemapError) -> JSONResponse:
+        return error(415 if isinstance(err, ImageError) and "not an image" in str(err)
+                      else 413 if isinstance(err, ImageError) and "over the limit" in str(err)
+                      else 400, str(err))
+
+    @app.exception_handler(Superseded)
+    async def superseded(_request: Request, _err: Superseded) -> JSONResponse:
+        return error(409, "superseded by a newer request")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(422, f"bad request: {where or 'body'}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPException)
+    async def httperror(_request: Request, err: HTTPException) -> JSONResponse:
+        return error(err.status_code, str(err.detail))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return (static / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        from featuremap import __version__
+        from featuremap.filters import list_filters
+        from featuremap.samples import list_samples
+
+        m = session.model
+        limits: Limits = session.limits
+        return {"version": __version__, "model": m.name, "weights": printable(m.weights),
+                "models": list(session.choices), "samples": list_samples(),
+                "filters": list_filters(), "image": session.start_image,
+                "limits": {"upload_bytes": limits.upload_bytes,
+                           "upload_pixels": limits.upload_pixels}}
+
+    @app.post("/api/images")
+    async def upload(request: Request) -> dict[str, Any]:
+        data = bytearray()
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > session.limits.upload_bytes:
+            return error(413, f"the upload is {int(declared):,} bytes, over the limit of "
+                          f"{session.limits.upload_bytes:,} bytes; send a smaller image.")
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > session.limits.upload_bytes:
+                return error(413, f"the upload is over the limit of "
+                              f"{session.limits.upload_bytes:,} bytes; send a smaller image.")
+        if not data:
+            return error(400, "the upload is empty: send the bytes of an image file.")
+        name = request.headers.get("x-filename", "upload")
+        return session.add_upload(bytes(data), name).to_dict()
+
+    @app.post("/api/images/sample")
+    def sample(body: SampleBody) -> dict[str, Any]:
+        return session.add_sample(body.name).to_dict()
+
+    @app.post("/api/images/scene")
+    def scene(body: SceneBody) -> dict[str, Any]:
+        return session.add_scene(body.seed).to_dict()
+
+    @app.get("/api/images/{image_id}.png")
+    def image_png(image_id: Annotated[str, Field(max_length=80)]) -> Response:
+        return Response(session.png(image_id), media_type="image/png")
+
+    @app.get("/api/layers")
+    def layers(model: str | None = None) -> dict[str, Any]:
+        from featuremap.summary import layer_table
+
+        m = session.get_model(model)
+        table = session.compute(None, None, None, lambda: layer_table(m))
+        return finite({**table.to_dict(), "stages": [s.to_dict() for s in m.stages()]})
+
+    from featuremap.web import routes
+
+    routes.register(app, session)
+    return app

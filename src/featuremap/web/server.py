@@ -1,0 +1,152 @@
+"""Start the explorer: on the command line (blocking, Ctrl-C stops it) or from Python and
+notebooks (a background thread, a handle to stop it, and an iframe in the notebook)."""
+
+from __future__ import annotations
+
+import html
+import socket
+import threading
+import time
+import warnings
+from typing import Any
+
+from featuremap.errors import ConfigError, ModelError
+
+__all__ = ["Explorer", "check_stack", "explore", "make_session", "serve"]
+
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def check_stack() -> None:
+    """Refuse, with the install line, when the optional web stack is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ModelError("the explorer needs its web stack, which is not installed: "
+                         "pip install 'featuremap[explore]'.") from None
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def make_session(model: Any = None, image: Any = None):
+    """A session on ``model`` (a name, a Model or an nn.Module; default the bundled one),
+    with ``image`` (a path, sample:NAME, array; default a generated scene) loaded."""
+    from featuremap.model import Model, as_model
+    from featuremap.web.state import Session
+    from featuremap.zoo import list_models, load_model
+
+    if model is None or isinstance(model, str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = load_model(model or "shapes", weights="DEFAULT" if (model or "shapes")
+                               == "shapes" else "random")
+    m = model if isinstance(model, Model) else as_model(model)
+    choices = tuple(dict.fromkeys([m.name, *list_models()]))
+    session = Session(m, choices=choices)
+    if image is None:
+        session.start_image = session.add_scene(7).id
+    elif isinstance(image, str) and image.startswith("sample:"):
+        session.start_image = session.add_sample(image[7:]).id
+    else:
+        from featuremap.images import load_image, to_uint8_hwc
+
+        pixels = to_uint8_hwc(load_image(image))
+        from featuremap.web.state import Image
+
+        found = session.keep(Image(f"start-{id(pixels):x}", str(image), pixels, pixels))
+        session.start_image = found.id
+    return session
+
+
+class Explorer:
+    """A running explorer: ``url``, ``stop()``, and an iframe in notebooks."""
+
+    def __init__(self, server: Any, thread: threading.Thread, url: str) -> None:
+        self._server, self._thread, self.url = server, thread, url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server and wait for its thread (at most ``timeout`` seconds)."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _repr_html_(self) -> str:
+        url = html.escape(self.url, quote=True)
+        return (f'<iframe src="{url}" width="100%" height="720" style="border:1px solid #ccc">'
+                f'</iframe><p>featuremap explorer at <a href="{url}" target="_blank">{url}</a>'
+                "</p>")
+
+    def __repr__(self) -> str:
+        return f"Explorer({self.url}, {'running' if self.running else 'stopped'})"
+
+
+def _config(app: Any, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=1, lifespan="off")
+
+
+def explore(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
+            port: int | None = None) -> Explorer:
+    """Start the explorer on a background thread and return its handle.
+
+    Example:
+        >>> handle = explore(load_model("shapes"))  # doctest: +SKIP
+        >>> handle  # in a notebook: the explorer under the cell  # doctest: +SKIP
+        >>> handle.stop()  # doctest: +SKIP
+    """
+    check_stack()
+    import uvicorn
+
+    from featuremap.web.app import create_app
+
+    app = create_app(make_session(model, image))
+    port = port or free_port(host)
+    server = uvicorn.Server(_config(app, host, port))
+    server.install_signal_handlers = lambda: None  # the caller's thread keeps its signals
+    thread = threading.Thread(target=server.run, name="featuremap-explorer", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise ConfigError(f"the explorer could not start on {host}:{port}.")
+    return Explorer(server, thread, _url(host, port))
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
+          port: int | None = None, open_browser: bool = True, say=print) -> None:
+    """Run the explorer in this thread until Ctrl-C."""
+    check_stack()
+    import uvicorn
+
+    from featuremap.web.app import create_app
+
+    app = create_app(make_session(model, image))
+    port = port or free_port(host)
+    if host not in LOCAL:
+        say(f"warning: serving on {host}: anyone who can reach this address can run the model "
+            "on this machine.")
+    server = uvicorn.Server(_config(app, host, port))
+    url = _url(host, port)
+    say(f"featuremap explorer at {url} (Ctrl-C stops it)")
+    if open_browser:
+        import webbrowser
+
+        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+    server.run()
