@@ -47,6 +47,8 @@ def lab(page, out: Path) -> None:
     settle(page)
     slide(page, "#lab-padding", 1)
     settle(page)
+    page.select_option("#lab-padmode", "reflect")
+    settle(page)
     click_map(page, "#lab-grid", 0, 0.0, 0.45)  # a value in the top row: its patch has padding
     settle(page)
     page.screenshot(path=str(out / "lab.png"))

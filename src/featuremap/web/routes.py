@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Header
 from fastapi.responses import Response
+from pydantic import Field
 
 from featuremap.errors import ConfigError
 from featuremap.quantize import quantize
@@ -195,7 +196,8 @@ def register(app: FastAPI, session: Session) -> None:  # noqa: C901 - one closur
         return binary(header, *arrays)
 
     @app.get("/api/input/{image_id}.png")
-    def model_input(image_id: str, model: str | None = None) -> Response:
+    def model_input(image_id: Annotated[str, Field(max_length=80)],
+                    model: Annotated[str, Field(max_length=300)] | None = None) -> Response:
         """The image as ``model`` sees it (resized and cropped, not normalised), as PNG: the
         picture that overlays (channels, receptive fields, CAMs, segments) are drawn on."""
         import io

@@ -592,6 +592,8 @@ async function chooseImage(id) {
     const im = await ensureImage(id);
     setState({ i: im.id, at: "", nat: "" });
     $("image").value = im.id;
+    const scene = /^scene-(\d+)$/.exec(im.id);
+    if (scene) $("seed").value = scene[1];
     $("image-info").textContent = `${im.width} x ${im.height} px${im.has_truth ? ", with a true label mask" : ""}`;
     sharedChanged();
   } catch (err) { showError(err.message); $("image").value = S.i; }
@@ -601,7 +603,7 @@ async function upload(file) {
   if (!file) return;
   try {
     const im = await api("/api/images", file, { filename: file.name });
-    im.name = decodeURIComponent(im.name);
+    try { im.name = decodeURIComponent(im.name); } catch (_) { /* shown as sent */ }
     rememberImage(im);
     await chooseImage(im.id);
   } catch (err) { showError(err.message); }
@@ -893,10 +895,22 @@ const lab = {
     $("lab-maps-title").textContent = `Feature maps: ${D} x ${H} x ${W} (depth x height x width), kernel ${st.kernel_size.join(" x ")}`;
     this.redraw();
     this.drawInput();
+    // The clicked value is explained again once the maps stop changing (not on every step of
+    // a drag: that would double the computations).
+    clearTimeout(this.again);
     const [d, y, x] = S.at ? S.at.split(",").map(Number) : [D, H, W];
-    if (d < D && y < H && x < W) this.pick(d, y, x, { quiet: true });
-    else { setState({ at: "" }); this.clearExplain(); }
+    if (d < D && y < H && x < W) {
+      if (!this.explains(r)) $("lab-explain").classList.add("stale");
+      this.again = setTimeout(() => { if (!this.ch.inflight && !this.ch.pending) this.pick(d, y, x, { quiet: true }); }, 300);
+    } else { setState({ at: "" }); this.clearExplain(); }
     markReady();
+  },
+
+  /** Whether the shown explanation belongs to the maps of result `r`. */
+  explains(r) {
+    const e = this.explained;
+    return !!e && same(e.settings.output_shape, r.shape) && same(e.settings.stride, r.settings.stride)
+      && same(e.settings.padding, r.settings.padding) && same(e.settings.dilation, r.settings.dilation);
   },
 
   layerRow() {
@@ -950,7 +964,7 @@ const lab = {
     $("lab-input-caption").textContent = (pt + pb + pl + pr > 0 ? `Hatched frame: padding (top/bottom ${pt}/${pb}, left/right ${pl}/${pr}, ${r.settings.padding_mode}). ` : "") +
       "The red box: the input pixels the clicked value sees.";
     const e = this.explained;
-    if (e && e.rows) {
+    if (e && e.rows && this.explains(r)) {
       const box = [e.rows[0] + pt, e.cols[0] + pl, e.rows[e.rows.length - 1] + 1 + pt, e.cols[e.cols.length - 1] + 1 + pl];
       drawBox(canvas, box, th, tw);
     }
@@ -968,7 +982,12 @@ const lab = {
     this.grid.select(d);
     const body = { ...this.body(), at: [d, y, x] };
     this.atCh.submit({ path: "/api/lab", body, key: JSON.stringify(body), ctx: this.ctx(),
-      draw: (e) => { this.explained = e; renderExplain($("lab-explain"), e); if (!this.layerMode()) this.drawInput(); } },
+      draw: (e) => {
+        this.explained = e;
+        $("lab-explain").classList.remove("stale");
+        renderExplain($("lab-explain"), e);
+        if (!this.layerMode()) this.drawInput();
+      } },
     { now: !quiet });
     if (this.layerMode() && !S.s && !S.p && !S.pm && !S.dl) {
       const fb = { image: S.i, model: S.m, layer: S.ll, at: [y, x], channel: d };
@@ -1343,6 +1362,11 @@ const uses = {
     $("use-cam-layer").addEventListener("change", (e) => { setState({ cl: e.target.value }); this.classify(true); });
     $("use-method").addEventListener("change", (e) => { setState({ cm: e.target.value }); this.classify(true); });
     this.k = slider("use-k", (v) => { setState({ k: String(v) }); this.segment(); });
+    $("use-scene").addEventListener("click", () => {
+      const m = /^scene-(\d+)$/.exec(S.i);
+      $("seed").value = m ? Number(m[1]) + 1 : Number($("seed").value) || 0;
+      $("scene").click();
+    });
   },
 
   async show() {
@@ -1653,6 +1677,7 @@ function markReady() {
   const dcl = nav ? nav.domContentLoadedEventStart : 0;
   requestAnimationFrame(() => {
     fmStats.ready = performance.now() - dcl;
+    performance.mark("featuremap:first-maps");
     document.body.dataset.ready = "1";
   });
 }
