@@ -32,6 +32,7 @@ ROUTES = {
     "POST /api/images/sample": "SampleBody -> image",
     "POST /api/images/scene": "SceneBody -> image with a true label mask",
     "GET /api/images/{id}.png": "the image as decoded",
+    "GET /api/input/{id}.png": "?model= -> the image as the model sees it (resized, cropped)",
     "GET /api/layers": "?model= -> the layer table",
     "POST /api/lab": "LabBody -> maps (binary); with 'at': the arithmetic of one value (JSON)",
     "POST /api/maps": "MapsBody -> one layer's maps (binary)",
@@ -124,7 +125,8 @@ def create_app(session: Session) -> FastAPI:
 
         m = session.get_model(model)
         table = session.compute(None, None, None, lambda: layer_table(m))
-        return finite({**table.to_dict(), "stages": [s.to_dict() for s in m.stages()]})
+        return finite({**table.to_dict(), "stages": [s.to_dict() for s in m.stages()],
+                       "weights": printable(m.weights)})
 
     from featuremap.web import routes
 

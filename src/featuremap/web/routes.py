@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Header
 from fastapi.responses import Response
+from pydantic import Field
 
 from featuremap.errors import ConfigError
 from featuremap.quantize import quantize
@@ -193,3 +194,20 @@ def register(app: FastAPI, session: Session) -> None:  # noqa: C901 - one closur
         if image.truth is not None:
             arrays.append(image.truth.astype(np.uint8))
         return binary(header, *arrays)
+
+    @app.get("/api/input/{image_id}.png")
+    def model_input(image_id: Annotated[str, Field(max_length=80)],
+                    model: Annotated[str, Field(max_length=300)] | None = None) -> Response:
+        """The image as ``model`` sees it (resized and cropped, not normalised), as PNG: the
+        picture that overlays (channels, receptive fields, CAMs, segments) are drawn on."""
+        import io
+
+        from PIL import Image as PILImage
+
+        from featuremap.images import to_uint8_hwc
+
+        m = session.get_model(model)
+        pixels = to_uint8_hwc(m.preprocess.load(session.image(image_id).source))
+        buf = io.BytesIO()
+        PILImage.fromarray(pixels).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
