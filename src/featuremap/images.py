@@ -63,6 +63,7 @@ def load_image(
     mode: str = "rgb",
     short_side: int | None = None,
     max_pixels: int | None = 50_000_000,
+    formats: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """Load an image as ``float32`` values in ``[0, 1]`` with layout ``(C, H, W)``.
 
@@ -86,6 +87,9 @@ def load_image(
         max_pixels: refuse files, PIL images and resize results with more pixels than this
             (checked from the header, before decoding); ``None`` lifts the limit, Pillow's
             decompression-bomb guard included (the guard is raised for the call only).
+        formats: the Pillow formats a file or bytes may be (``("PNG", "JPEG")``), recognised
+            from the content; None: any Pillow reads. A server decoding uploads names the
+            common ones, so that no rarer decoder (or Ghostscript, for PostScript) sees them.
 
     Returns:
         A ``float32`` array ``(3, H, W)`` or ``(1, H, W)`` with values in ``[0, 1]``.
@@ -103,7 +107,7 @@ def load_image(
         (1, 128, 128)
     """
     _check_options(mode, short_side, max_pixels)
-    pixels, alpha = _decode(source, max_pixels)
+    pixels, alpha = _decode(source, max_pixels, formats)
     if alpha is not None:
         pixels = _composite_on_white(pixels, alpha)
     image = _to_layout(pixels, mode)
@@ -173,7 +177,8 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> 
 Decoded = tuple[np.ndarray, np.ndarray | None]  # (H, W) or (H, W, 3) floats; alpha (H, W)
 
 
-def _decode(source: object, max_pixels: int | None) -> Decoded:
+def _decode(source: object, max_pixels: int | None,
+            formats: tuple[str, ...] | None = None) -> Decoded:
     """Dispatch on the kind of ``source``; return float pixels and an optional alpha."""
     if isinstance(source, np.ndarray):
         return _from_array(source)
@@ -182,13 +187,13 @@ def _decode(source: object, max_pixels: int | None) -> Decoded:
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("The image bytes are empty (0 bytes). Pass the contents of a file.")
-        return _read_pil(io.BytesIO(source), "the image bytes", max_pixels)
+        return _read_pil(io.BytesIO(source), "the image bytes", max_pixels, formats=formats)
     if isinstance(source, str) and source.startswith(SAMPLE_PREFIX):
         path = sample_path(source)
         return _read_pil(path, f"sample '{source[len(SAMPLE_PREFIX):]}'", max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = _check_file(Path(os.fspath(source)).expanduser())
-        return _read_pil(path, f"Image file '{path}'", max_pixels)
+        return _read_pil(path, f"Image file '{path}'", max_pixels, formats=formats)
     raise ImageError(
         f"Cannot load an image from a {type(source).__name__}: pass a path, 'sample:NAME', "
         "image bytes, a PIL image or a NumPy array (H, W[, 3 or 4])."
@@ -241,7 +246,7 @@ def _bomb_guard(max_pixels: int | None) -> Iterator[None]:
 
 def _read_pil(
     fp: Path | io.BytesIO | Image.Image, label: str, max_pixels: int | None, *,
-    opened: Image.Image | None = None,
+    opened: Image.Image | None = None, formats: tuple[str, ...] | None = None,
 ) -> Decoded:
     """Open (unless ``opened``), check the size, decode fully and convert; map every failure."""
     try:
@@ -249,7 +254,7 @@ def _read_pil(
             if opened is not None:
                 _check_pixels(opened.size, label, max_pixels)
                 return _from_pil(opened, label)
-            with Image.open(fp) as image:
+            with Image.open(fp, formats=formats) as image:
                 _check_pixels(image.size, label, max_pixels)
                 return _from_pil(image, label)
     except ImageError:
@@ -257,7 +262,7 @@ def _read_pil(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{label} is too large to load safely: {exc} {_LIMIT_FIX}") from None
     except UnidentifiedImageError:
-        raise ImageError(_not_an_image(fp, label)) from None
+        raise ImageError(_not_an_image(fp, label, formats)) from None
     except DECODE_ERRORS as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageError(
@@ -270,7 +275,7 @@ def _lower_first(label: str) -> str:
     return label[0].lower() + label[1:]
 
 
-def _not_an_image(fp: object, label: str) -> str:
+def _not_an_image(fp: object, label: str, formats: tuple[str, ...] | None = None) -> str:
     """Say that ``fp`` is no image Pillow knows, and whether it looks like text."""
     head = b""
     try:
@@ -284,10 +289,9 @@ def _not_an_image(fp: object, label: str) -> str:
     looks = ""
     if head and all(b in b"\t\n\r" or 32 <= b < 127 for b in head):
         looks = f" It looks like text (starts with {head[:24].decode('ascii')!r})."
-    return (
-        f"{label} is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF, ...).{looks}"
-        " Check that it is really an image file."
-    )
+    known = ", ".join(formats) if formats else "PNG, JPEG, WebP, TIFF, BMP, GIF, ..."
+    which = f"in a format read here ({known})" if formats else f"Pillow can read ({known})"
+    return f"{label} is not an image {which}.{looks} Check that it is really an image file."
 
 
 def _from_pil(image: Image.Image, label: str) -> Decoded:

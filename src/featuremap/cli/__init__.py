@@ -40,6 +40,13 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one 'error: ...' line and exit status 2, Ctrl-C one
     'interrupted' line and exit status 130."""
+    if argv is None:  # this process's own command line: the process ends with this call
+        import atexit
+        import gc
+
+        # With torch loaded the interpreter's last garbage collection takes about a second;
+        # a frozen heap is skipped (Ctrl-C on 'featuremap explore' ends at once).
+        atexit.register(gc.freeze)
     WRITTEN.clear()
     try:
         code = app(args=argv, prog_name="featuremap", standalone_mode=False)

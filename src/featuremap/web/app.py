@@ -2,9 +2,12 @@
 the result's ``to_dict()`` (JSON) or its maps as bytes (:mod:`featuremap.quantize`'s messages).
 
 Errors come back as ``{"error": "one line"}`` with a 4xx status: 400 for what the library
-refuses (its one-line message), 404 for an unknown route or image, 409 for a request superseded
-by a newer one of the same slider, 413 for an upload too large, 415 for bytes that are not an
-image, 422 for a malformed request. Every route and its body are listed in :data:`ROUTES`.
+refuses (its one-line message), 403 for a request from another site (when the server listens on
+this machine only), 404 for an unknown route or image, 409 for a request superseded by a newer
+one of the same slider, 413 for an upload or a request body too large (refused before it is read
+to the end), 415 for bytes that are not an image, 422 for a malformed request; an unexpected
+failure is a 500 with the same one-line JSON. Every route and its body are listed in
+:data:`ROUTES`.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from featuremap.errors import FeaturemapError, ImageError, printable
+from featuremap.errors import FeaturemapError, printable
 from featuremap.web.bodies import SampleBody, SceneBody
+from featuremap.web.guard import Guard
 from featuremap.web.state import Limits, Session, Superseded
-from featuremap.web.wire import error, finite
+from featuremap.web.wire import error, finite, status_of
 
 __all__ = ["ROUTES", "create_app"]
 
 ROUTES = {
-    "GET /api/info": "models, samples, filters, limits, the start image",
+    "GET /api/info": "models, samples, filters, limits, the start image, how many requests "
+                     "reached the model",
     "POST /api/images": "raw image bytes -> {id, name, width, height}",
     "POST /api/images/sample": "SampleBody -> image",
     "POST /api/images/scene": "SceneBody -> image with a true label mask",
@@ -45,18 +51,26 @@ ROUTES = {
 }
 
 
-def create_app(session: Session) -> FastAPI:
-    """The FastAPI application serving the page and the API over ``session``."""
+def create_app(session: Session, *, hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The FastAPI application serving the page and the API over ``session``.
+
+    Args:
+        session: the models, images and cached passes.
+        hosts: the host names the page may be reached by (``("127.0.0.1", "localhost",
+            "::1")`` for a server on this machine): other ``Host`` headers (DNS rebinding) and
+            requests that another site's page sends (their ``Origin``) are refused with 403.
+            None: any.
+    """
     app = FastAPI(title="featuremap explorer", docs_url=None, redoc_url=None,
                   openapi_url=None)
     static = resources.files("featuremap.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_middleware(Guard, body_bytes=session.limits.body_bytes, hosts=hosts,
+                       streamed=("/api/images",))
 
     @app.exception_handler(FeaturemapError)
     async def libraryerror(_request: Request, err: FeaturemapError) -> JSONResponse:
-        return error(415 if isinstance(err, ImageError) and "not an image" in str(err)
-                      else 413 if isinstance(err, ImageError) and "over the limit" in str(err)
-                      else 400, str(err))
+        return error(status_of(err), str(err))
 
     @app.exception_handler(Superseded)
     async def superseded(_request: Request, _err: Superseded) -> JSONResponse:
@@ -71,6 +85,10 @@ def create_app(session: Session) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def httperror(_request: Request, err: HTTPException) -> JSONResponse:
         return error(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, err: Exception) -> JSONResponse:
+        return error(500, f"internal error: {type(err).__name__}: {err}")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -88,7 +106,8 @@ def create_app(session: Session) -> FastAPI:
                 "models": list(session.choices), "samples": list_samples(),
                 "filters": list_filters(), "image": session.start_image,
                 "limits": {"upload_bytes": limits.upload_bytes,
-                           "upload_pixels": limits.upload_pixels}}
+                           "upload_pixels": limits.upload_pixels},
+                "computations": session.computations}
 
     @app.post("/api/images")
     async def upload(request: Request) -> dict[str, Any]:
@@ -97,11 +116,14 @@ def create_app(session: Session) -> FastAPI:
         if declared.isdigit() and int(declared) > session.limits.upload_bytes:
             return error(413, f"the upload is {int(declared):,} bytes, over the limit of "
                           f"{session.limits.upload_bytes:,} bytes; send a smaller image.")
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > session.limits.upload_bytes:
-                return error(413, f"the upload is over the limit of "
-                              f"{session.limits.upload_bytes:,} bytes; send a smaller image.")
+        try:
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > session.limits.upload_bytes:
+                    return error(413, f"the upload is over the limit of "
+                                  f"{session.limits.upload_bytes:,} bytes; send a smaller image.")
+        except ClientDisconnect:
+            return error(400, "the upload was cut off before its end: send the whole file.")
         if not data:
             return error(400, "the upload is empty: send the bytes of an image file.")
         name = request.headers.get("x-filename", "upload")

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Header
 from fastapi.responses import Response
 from pydantic import Field
 
-from featuremap.errors import ConfigError
+from featuremap.errors import ConfigError, did_not_run
 from featuremap.quantize import quantize
 from featuremap.web.bodies import (
     ClassifyBody,
@@ -79,6 +79,8 @@ def register(app: FastAPI, session: Session) -> None:  # noqa: C901 - one closur
         image = session.image(body.image)
         name = model.one_layer(body.layer)
         fm = run(x_client, body, lambda: session.maps(model, image))
+        if name not in fm.meta:
+            raise did_not_run([name], model.name)
         meta = fm.meta[name]
         if not meta.is_map:
             raise ConfigError(f"layer '{name}' ({meta.type}) gives {meta.source_shape}, not "
@@ -94,16 +96,18 @@ def register(app: FastAPI, session: Session) -> None:  # noqa: C901 - one closur
     @app.post("/api/overview")
     def overview(body: OverviewBody, x_client: str | None = Header(None)) -> Response:
         from featuremap.plot import select_channels
-        from featuremap.summary import overview_layers
 
         model = session.get_model(body.model)
         image = session.image(body.image)
-        fm = run(x_client, body, lambda: session.maps(model, image))
-        names = overview_layers(model.module, input_size=tuple(fm.input_shape[-2:]),
-                                in_channels=model.preprocess.channels)
+
+        def work():
+            fm = session.maps(model, image)
+            return fm, session.overview_names(model, tuple(fm.input_shape[-2:]))
+
+        fm, names = run(x_client, body, work)
         layers, blocks = [], []
         for name in names:
-            if not fm.meta[name].is_map:
+            if name not in fm.meta or not fm.meta[name].is_map:
                 continue
             data = fm[name][0].float().cpu().numpy()
             chosen = select_channels(data, top=body.per_layer)

@@ -65,10 +65,12 @@ def make_session(model: Any = None, image: Any = None):
 
 
 class Explorer:
-    """A running explorer: ``url``, ``stop()``, and an iframe in notebooks."""
+    """A running explorer: ``url``, ``stop()``, its ``session`` (models, images, cached
+    passes), and an iframe in notebooks."""
 
-    def __init__(self, server: Any, thread: threading.Thread, url: str) -> None:
-        self._server, self._thread, self.url = server, thread, url
+    def __init__(self, server: Any, thread: threading.Thread, url: str,
+                 session: Any = None) -> None:
+        self._server, self._thread, self.url, self.session = server, thread, url, session
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server and wait for its thread (at most ``timeout`` seconds)."""
@@ -110,7 +112,8 @@ def explore(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
 
     from featuremap.web.app import create_app
 
-    app = create_app(make_session(model, image))
+    session = make_session(model, image)
+    app = create_app(session, hosts=_hosts(host))
     port = port or free_port(host)
     server = uvicorn.Server(_config(app, host, port))
     server.install_signal_handlers = lambda: None  # the caller's thread keeps its signals
@@ -121,7 +124,14 @@ def explore(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
         time.sleep(0.02)
     if not server.started:
         raise ConfigError(f"the explorer could not start on {host}:{port}.")
-    return Explorer(server, thread, _url(host, port))
+    return Explorer(server, thread, _url(host, port), session)
+
+
+def _hosts(host: str) -> tuple[str, ...] | None:
+    """The host names a server on ``host`` answers to: this machine's, when it listens on this
+    machine only (another site's page that renamed its address to 127.0.0.1 is refused); any,
+    when it listens on the network as asked."""
+    return (*LOCAL, host) if host in LOCAL else None
 
 
 def _url(host: str, port: int) -> str:
@@ -137,7 +147,7 @@ def serve(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
 
     from featuremap.web.app import create_app
 
-    app = create_app(make_session(model, image))
+    app = create_app(make_session(model, image), hosts=_hosts(host))
     port = port or free_port(host)
     if host not in LOCAL:
         say(f"warning: serving on {host}: anyone who can reach this address can run the model "

@@ -1,12 +1,14 @@
 """What the explorer's server keeps between requests: models, images, forward passes.
 
 - Models come only from the server's own list (the model it was started with, the bundled one,
-  torchvision's names); a client names one, never a path.
-- Images are uploaded bytes (capped, the content sniffed by the decoder, never trusted by
-  extension), samples or generated scenes, kept in memory under a server-made id (a client
-  string never reaches the file system).
+  torchvision's names); a client names one, never a path. A few are kept loaded at once.
+- Images are uploaded bytes (capped, the content sniffed by the decoder among the common raster
+  formats, never trusted by extension), samples or generated scenes, kept in memory under a
+  server-made id (a client string never reaches the file system), within a count and a byte
+  budget.
 - Forward passes are cached per (model, image, preprocessing): the first request on an image
-  captures every layer once, later requests (switching layers, channels) read the cache.
+  captures every layer once, later requests (switching layers, channels) read the cache, which
+  is bounded by a count and a byte budget (the newest pass is always kept).
 - Superseded requests are dropped: a client sends a channel and a sequence number with requests
   that follow a slider; one waiting for the model while a newer one of the same channel arrived
   is answered "superseded" without computing.
@@ -26,7 +28,11 @@ import numpy as np
 
 from featuremap.errors import ConfigError, ImageError, printable
 
-__all__ = ["Image", "Limits", "Session", "Superseded"]
+__all__ = ["UPLOAD_FORMATS", "Image", "Limits", "NoSuchImage", "Session", "Superseded"]
+
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+"""What an upload may be, sniffed from its bytes (never from its name): the decoders of other
+formats (PostScript through Ghostscript, and many rarer ones) are not offered to the network."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,15 @@ class Limits:
     upload_bytes: int = 20 * 2**20
     upload_pixels: int = 25_000_000
     images: int = 32  # kept in memory at once (least recently used dropped)
+    image_bytes: int = 512 * 2**20  # their pixels together
     passes: int = 4  # forward passes cached
+    pass_bytes: int = 1024 * 2**20  # their maps together (the newest pass is always kept)
+    models: int = 3  # models loaded at once besides the one the server started with
+    body_bytes: int = 2**20  # a JSON request body
+
+
+class NoSuchImage(ConfigError):
+    """An image id this server does not hold (a 404)."""
 
 
 class Superseded(Exception):
@@ -68,12 +82,14 @@ class Session:
     model: Any  # the model the server was started with (a featuremap Model)
     limits: Limits = field(default_factory=Limits)
     choices: tuple[str, ...] = ()
-    _models: dict[str, Any] = field(default_factory=dict)
+    _models: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     _images: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     _passes: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+    _overviews: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     _latest: dict[tuple[str, str], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one computation at a time
     _state: threading.Lock = field(default_factory=threading.Lock)
+    _loading: threading.Lock = field(default_factory=threading.Lock)  # one model load at a time
     computations: int = 0  # how many requests reached the model (for tests and benchmarks)
     start_image: str | None = None  # the id of the image the server was started with
 
@@ -92,23 +108,39 @@ class Session:
         if name not in self.choices:
             from featuremap.errors import unknown_name
 
-            raise unknown_name("model", printable(name), self.choices,
+            raise unknown_name("model", printable(name)[:80], self.choices,
                                hint="This explorer serves: " + ", ".join(self.choices) + ".")
-        with self._state:
-            if name not in self._models:
-                import warnings
+        with self._loading:
+            with self._state:
+                found = self._models.get(name)
+                if found is not None:
+                    self._models.move_to_end(name)
+                    return found
+            import warnings
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._models[name] = load_model(name, weights="DEFAULT" if name == "shapes"
-                                                    else "random", device=self.model.device)
-            return self._models[name]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded = load_model(name, weights="DEFAULT" if name == "shapes" else "random",
+                                    device=self.model.device)
+            with self._state:
+                self._models[name] = loaded
+                others = [k for k in self._models if k != self.model.name]
+                for old in others[:max(0, len(others) - self.limits.models)]:
+                    del self._models[old]
+                    for key in [k for k in self._passes if k[0] == old]:
+                        del self._passes[key]
+            return loaded
 
     # ---------------------------------------------------------------------------- images
     def keep(self, image: Image) -> Image:
+        """Hold ``image`` (the least recently used ones beyond the limits are dropped)."""
         with self._state:
             self._images[image.id] = image
-            while len(self._images) > self.limits.images:
+            self._images.move_to_end(image.id)
+            while len(self._images) > 1 and (
+                    len(self._images) > self.limits.images
+                    or sum(i.pixels.nbytes for i in self._images.values())
+                    > self.limits.image_bytes):
                 self._images.popitem(last=False)
         return image
 
@@ -123,7 +155,8 @@ class Session:
         if len(data) > self.limits.upload_bytes:
             raise ImageError(f"the upload is {len(data):,} bytes, over the limit of "
                              f"{self.limits.upload_bytes:,} bytes; send a smaller image.")
-        pixels = to_uint8_hwc(load_image(bytes(data), max_pixels=self.limits.upload_pixels))
+        pixels = to_uint8_hwc(load_image(bytes(data), max_pixels=self.limits.upload_pixels,
+                                         formats=UPLOAD_FORMATS))
         digest = hashlib.sha256(data).hexdigest()[:16]
         return self.keep(Image(digest, name[:200] or "upload", pixels, pixels))
 
@@ -156,7 +189,7 @@ class Session:
             if found is not None:
                 self._images.move_to_end(image_id)
         if found is None:
-            raise ConfigError(f"no image '{printable(image_id)[:40]}' on this server (it may "
+            raise NoSuchImage(f"no image '{printable(image_id)[:40]}' on this server (it may "
                               "have been dropped: upload it again).")
         return found
 
@@ -182,9 +215,34 @@ class Session:
         fm = extract(model, image.source, layers=names, early_stop=False, allow_missing=True)
         with self._state:
             self._passes[key] = fm
-            while len(self._passes) > self.limits.passes:
+            while len(self._passes) > 1 and (
+                    len(self._passes) > self.limits.passes
+                    or sum(_nbytes(f) for f in self._passes.values()) > self.limits.pass_bytes):
                 self._passes.popitem(last=False)
         return fm
+
+    def overview_names(self, model, input_size: tuple[int, int]) -> list[str]:
+        """The layers an overview shows (one shape pass per model and input size, kept).
+        Runs the model: call it under :attr:`lock` (within :meth:`compute`)."""
+        from featuremap.summary import overview_layers
+
+        key = (model.name, model.weights, tuple(input_size))
+        with self._state:
+            found = self._overviews.get(key)
+        if found is None:
+            found = overview_layers(model.module, input_size=tuple(input_size),
+                                    in_channels=model.preprocess.channels)
+            with self._state:
+                self._overviews[key] = found
+                while len(self._overviews) > 64:
+                    self._overviews.popitem(last=False)
+        return list(found)
+
+    @property
+    def cached_passes(self) -> int:
+        """How many forward passes the cache holds."""
+        with self._state:
+            return len(self._passes)
 
     # ----------------------------------------------------------------------- supersession
     def ticket(self, client: str | None, channel: str | None, seq: int | None) -> None:
@@ -213,6 +271,10 @@ class Session:
             self.check(client, channel, seq)
             self.computations += 1
             return work()
+
+
+def _nbytes(fm) -> int:
+    return sum(t.numel() * t.element_size() for t in fm.maps.values())
 
 
 def new_client_id() -> str:

@@ -9,12 +9,29 @@ from typing import Any
 import numpy as np
 from fastapi.responses import JSONResponse, Response
 
-from featuremap.errors import printable
+from featuremap.errors import FeaturemapError, ImageError, printable
 from featuremap.quantize import pack
 
-__all__ = ["BINARY", "binary", "error", "finite", "json_response", "one", "padding"]
+__all__ = ["BINARY", "binary", "error", "finite", "json_response", "one", "padding", "status_of"]
 
 BINARY = "application/octet-stream"
+LONGEST = 2000  # characters of an error line
+
+
+def status_of(err: FeaturemapError) -> int:
+    """The HTTP status of a library error: 404 for an unknown image, 413 for an image over the
+    limits, 415 for bytes that are no image, 400 for everything else the library refuses."""
+    from featuremap.web.state import NoSuchImage
+
+    if isinstance(err, NoSuchImage):
+        return 404
+    if isinstance(err, ImageError):
+        text = str(err)
+        if "is not an image" in text:
+            return 415
+        if "over the limit" in text or "too large to load" in text:
+            return 413
+    return 400
 
 
 def one(value: list[int]) -> int | tuple[int, int]:
@@ -41,7 +58,10 @@ def binary(header: dict[str, Any], *arrays: np.ndarray) -> Response:
 
 
 def error(status: int, message: str) -> JSONResponse:
+    """``{"error": "one line"}`` (control characters escaped, at most 2,000 characters)."""
     line = " ".join(printable(message).split())
+    if len(line) > LONGEST:
+        line = line[:LONGEST - 3] + "..."
     return JSONResponse({"error": line}, status_code=status)
 
 
