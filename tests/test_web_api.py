@@ -207,7 +207,7 @@ def test_field_equals_trace_field(client, session, image):
     from featuremap.effective import trace_field
 
     header, blocks = decode(client.post("/api/field", json={
-        "image": image.id, "layer": CONV2, "at": [10, 12], "channel": 3}))
+        "image": image.id, "layer": CONV2, "at": [10, 12], "map_channel": 3}))
     expected = trace_field(session.model, image.source, layer=CONV2, at=(10, 12), channel=3)
     assert header["field"] == as_json(expected.to_dict()) and header["text"] == str(expected)
     within_a_step(maps_of(header, blocks[0]), expected.erf[None], header["ranges"])

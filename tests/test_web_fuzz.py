@@ -36,7 +36,7 @@ VALID = {
                  "dilation": [1], "short_side": 32, "channel": "stride", "seq": 1},
     "/api/maps": {"image": IMAGE, "layer": CONV, "top": 4, "channels": None},
     "/api/overview": {"image": IMAGE, "per_layer": 2},
-    "/api/field": {"image": IMAGE, "layer": CONV, "at": [3, 4], "channel": 1},
+    "/api/field": {"image": IMAGE, "layer": CONV, "at": [3, 4], "map_channel": 1},
     "/api/whatif": {"image": IMAGE, "layer": CONV, "stride": [2], "top": 2},
     "/api/classify": {"image": IMAGE, "top": 2, "method": "cam"},
     "/api/segment": {"image": IMAGE, "k": 2},

@@ -76,7 +76,7 @@ def test_model_input_is_the_picture_the_model_sees(served):
 
 def test_model_input_refuses_unknown_images_and_models(served):
     session, client = served
-    assert client.get("/api/input/nothing.png").status_code == 400
+    assert client.get("/api/input/nothing.png").status_code == 404
     r = client.get(f"/api/input/{session.start_image}.png", params={"model": "/etc/passwd"})
     assert r.status_code == 400 and "error" in r.json()
 

@@ -71,7 +71,7 @@ class FieldBody(Follow):
     model: Name | None = None
     layer: Name
     at: Annotated[list[Small], Field(min_length=2, max_length=3)]
-    channel: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    map_channel: Annotated[int, Field(ge=0, le=100_000)] | None = None  # None: all, summed
 
 
 class WhatIfBody(Follow):

@@ -130,7 +130,7 @@ def register(app: FastAPI, session: Session) -> None:  # noqa: C901 - one closur
                                                     at=tuple(body.at)))
             return json_response(e.to_dict())
         trace = run(x_client, body, lambda: trace_field(
-            model, image.source, layer=body.layer, at=tuple(body.at), channel=body.channel))
+            model, image.source, layer=body.layer, at=tuple(body.at), channel=body.map_channel))
         q = quantize(trace.erf)
         return binary({**q.header(), "field": trace.to_dict(), "text": str(trace)}, q.data)
 

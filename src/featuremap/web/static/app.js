@@ -990,7 +990,7 @@ const lab = {
       } },
     { now: !quiet });
     if (this.layerMode() && !S.s && !S.p && !S.pm && !S.dl) {
-      const fb = { image: S.i, model: S.m, layer: S.ll, at: [y, x], channel: d };
+      const fb = { image: S.i, model: S.m, layer: S.ll, at: [y, x], map_channel: d };
       this.fieldCh.submit({ path: "/api/field", body: fb, key: JSON.stringify(fb), ctx: this.ctx(),
         draw: (msg) => {
           const f = msg.header.field;
@@ -1180,7 +1180,7 @@ const net = {
   },
 
   loadField(c, at) {
-    const body = { image: S.i, model: S.m, layer: S.nl, at, channel: c };
+    const body = { image: S.i, model: S.m, layer: S.nl, at, map_channel: c };
     this.fieldCh.submit({ path: "/api/field", body, key: JSON.stringify(body), ctx: `${S.i}|${S.m}`,
       draw: (msg) => this.drawField(msg) }, { now: true });
     const row = this.table && this.table.rows.find((r) => r.name === S.nl);
