@@ -42,6 +42,7 @@ import threading
 import time
 import warnings
 from datetime import date
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -385,10 +386,44 @@ def bench_page(rounds: int, chromium: str | None) -> dict | str:
 # ------------------------------------------------------------------------------ main
 
 
+def bench_stop(rounds: int) -> dict:
+    """(e) Ctrl-C: ``featuremap explore`` serves a request, then SIGINT; the time until it says
+    'explorer stopped' (the server closed) and until the process has exited."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root / "src")}
+    stopped, exited = [], []
+    for _ in range(rounds):
+        process = subprocess.Popen([sys.executable, "-m", "featuremap", "explore",
+                                    "--no-browser"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True, env=env)
+        url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(100):
+                try:
+                    c.get("/api/info")
+                    break
+                except httpx.ConnectError:
+                    time.sleep(0.1)
+            c.post("/api/maps", json={"image": "scene-7", "layer": "backbone.block2"})
+        start = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        line = process.stdout.readline()
+        stopped.append((time.perf_counter() - start) * 1000 if "stopped" in line else float("nan"))
+        process.wait(timeout=60)
+        exited.append((time.perf_counter() - start) * 1000)
+    return {"stopped_ms": float(np.median(stopped)), "exited_ms": float(np.median(exited)),
+            "rounds": rounds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--parts", default="abcd", help="which of (a)-(d) to run")
+    parser.add_argument("--parts", default="abcde", help="which of (a)-(e) to run")
     parser.add_argument("--chromium", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -408,6 +443,8 @@ def main() -> None:
               / (wall * (os.cpu_count() or 1)))
     if "d" in args.parts:
         results["page"] = bench_page(7, args.chromium)
+    if "e" in args.parts:
+        results["stop"] = bench_stop(5)
 
     import fastapi
     import uvicorn
@@ -440,6 +477,11 @@ def main() -> None:
               f"median of {page['loads']} loads (max {page['max_ms']:.0f}; target <= 1000)")
     elif page is not None:
         print(f"(d) page: not measured ({page})")
+    if "stop" in results:
+        e = results["stop"]
+        print(f"(e) Ctrl-C: 'explorer stopped' after {e['stopped_ms']:.0f} ms (the server closed;"
+              f" target < 1000), process gone after {e['exited_ms']:.0f} ms (median of "
+              f"{e['rounds']})")
     if others is not None:
         print(f"other processes used {others:.0%} of the CPUs during (a)-(c); load average "
               f"{loadavg0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")

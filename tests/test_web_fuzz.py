@@ -273,7 +273,8 @@ def test_ctrl_c_stops_explore_at_once(capsys):
             print(f"\nCtrl-C stopped 'featuremap explore' in {seconds * 1000:.0f} ms")
         assert code == 0, err
         assert "Traceback" not in err and "explorer stopped" in out
-        assert seconds < 2.0  # the requirement is under a second; slack for a loaded machine
+        # how fast is measured in benchmarks/bench_explorer.py, not asserted here: tests never
+        # assert wall time (a loaded machine stretches it)
     finally:
         if process.poll() is None:
             process.kill()
