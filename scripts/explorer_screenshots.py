@@ -84,7 +84,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path,
                         help="folder for lab.png, network.png, whatif.png and uses.png")
-    parser.add_argument("--chromium", default=None, help="a Chromium executable to drive")
+    import os
+    import shutil
+
+    found = os.environ.get("FEATUREMAP_CHROMIUM") or shutil.which("chromium")
+    parser.add_argument("--chromium", default=found,
+                        help="a Chromium executable to drive (default: FEATUREMAP_CHROMIUM, else "
+                        "the 'chromium' on PATH, else Playwright's own)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 

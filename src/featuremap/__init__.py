@@ -28,6 +28,7 @@ _EXPORTS = {
     "list_models": "featuremap.zoo",
     "list_layers": "featuremap.summary",
     "Model": "featuremap.model",
+    "explore": "featuremap.web.server",
     "Preprocess": "featuremap.preprocess",
     "open_collection": "featuremap.datasets",
     "extract": "featuremap.extraction",
@@ -49,6 +50,7 @@ __all__ = [
     "conv_cost",
     "explain",
     "explain_value",
+    "explore",
     "extract",
     "filter_bank",
     "list_layers",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.summary import list_layers
     from featuremap.toy import compute_maps, explain_value
     from featuremap.value import explain
+    from featuremap.web.server import explore
     from featuremap.zoo import list_models, load_model
 
 
