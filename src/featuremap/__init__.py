@@ -32,6 +32,8 @@ _EXPORTS = {
     "Preprocess": "featuremap.preprocess",
     "open_collection": "featuremap.datasets",
     "extract": "featuremap.extraction",
+    "extract_dataset": "featuremap.store",
+    "open_store": "featuremap.store",
     "FeatureMaps": "featuremap.extraction",
     "Extractor": "featuremap.extraction",
     "explain": "featuremap.value",
@@ -52,12 +54,14 @@ __all__ = [
     "explain_value",
     "explore",
     "extract",
+    "extract_dataset",
     "filter_bank",
     "list_layers",
     "list_models",
     "list_samples",
     "load_image",
     "load_model",
+    "open_store",
     "open_collection",
     "output_size",
     "plot_comparison",
@@ -76,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from featuremap.plot import plot_comparison, plot_maps
     from featuremap.preprocess import Preprocess
     from featuremap.receptive import receptive_field
+    from featuremap.store import extract_dataset, open_store
     from featuremap.summary import list_layers
     from featuremap.toy import compute_maps, explain_value
     from featuremap.value import explain

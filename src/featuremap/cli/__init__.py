@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from featuremap.cli import basics, explore, networks, uses  # noqa: F401 - they register commands
+from featuremap.cli import basics, explore, networks, store, uses  # noqa: F401 - they register commands
 from featuremap.cli.common import WRITTEN, app
 from featuremap.errors import FeaturemapError, printable
 
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     except FeaturemapError as err:
         typer.echo(f"error: {printable(str(err))}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if str(interrupt):  # the library said what is kept (a resumable store, for instance)
+            typer.echo(f"interrupted: {printable(str(interrupt))}.", err=True)
+            sys.exit(130)
         code = 130
     except OSError as err:  # e.g. a file that cannot be written: permissions, disk full
         where = f": {printable(err.filename)}" if err.filename else ""

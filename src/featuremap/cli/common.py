@@ -170,11 +170,29 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
     console().print(t)
 
 
-def progress(label: str):
-    """A transient progress bar (only on a terminal) and a ``tick(done, total)`` for it."""
-    from rich.progress import Progress
+def progress(label: str, *, rate: bool = False):
+    """A transient progress bar (only on a terminal) and a ``tick(done, total)`` for it; with
+    ``rate``, items per second and the time left too."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
 
-    bar = Progress(console=console(), transient=True, disable=not sys.stdout.isatty())
+    class Speed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.1f} {label}/s" if task.speed else "")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TaskProgressColumn(), Speed(), TextColumn("ETA"),
+               TimeRemainingColumn()) if rate else Progress.get_default_columns()
+    bar = Progress(*columns, console=console(), transient=True,
+                   disable=not sys.stdout.isatty())
     task = bar.add_task(label, total=None)
 
     def tick(done: int, total: int) -> None:

@@ -1,0 +1,390 @@
+"""Extract the feature maps of a whole dataset into a resumable store.
+
+:func:`extract_dataset` overlaps three things: decoding (worker threads of
+:func:`featuremap.datasets.batches`), the forward pass (this thread: one pass per chunk that stops
+after the last requested layer), and writing (a writer thread: compression and file writes).
+Memory stays bounded by a few chunks however large the dataset. Each finished chunk is recorded;
+the same call after any interruption computes only the chunks without a record.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featuremap.datasets import batches
+from featuremap.datasets.collection import count_text
+from featuremap.errors import ConfigError, printable
+from featuremap.extraction import Extractor
+from featuremap.store.manifest import DONE, FAILED
+from featuremap.store.plan import DryRun, Plan, free_space, plan, time_images
+from featuremap.store.writer import Opened, StoreError, StoreWriter, disk_error
+
+Progress = Callable[[int, int], Any]
+ENGINES = ("local", "ray")
+FLOAT16_MAX = 65504.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an extraction: what is stored stays valid; the message says how much."""
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction did.
+
+    Attributes:
+        path: the store; layers: the layers stored with their shapes per image.
+        n_images: images in the store; done, failed: images stored / recorded as failed in
+            this run; already: images found done before the run started (resumed).
+        failures: ``{display name: reason}`` of the failures of this run.
+        seconds: wall time of the run; engine: ``"local"`` or ``"ray"``.
+        notes: plain sentences (the batch size of an existing store, for instance).
+    """
+
+    path: Path
+    layers: dict[str, tuple[int, ...]]
+    n_images: int
+    done: int
+    failed: int
+    already: int
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    engine: str = "local"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        n = self.done + self.failed
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"stored {printable(self.path)}: {count_text(self.n_images, 'image', 'images')}, "
+                 f"{len(self.layers)} layer(s) ({self.engine} engine)"]
+        lines += [f"  {printable(k)}: {' x '.join(str(s) for s in v)} per image"
+                  for k, v in self.layers.items()]
+        lines.append(f"done {self.done:,}, failed {self.failed:,}, skipped as done "
+                     f"{self.already:,} in {self.seconds:.1f} s"
+                     + (f" ({self.images_per_second:,.1f} images/s)" if self.done else ""))
+        shown = list(self.failures.items())[:10]
+        lines += [f"  failed: {printable(name)}: {printable(reason)}" for name, reason in shown]
+        if len(self.failures) > len(shown):
+            lines.append(f"  ... and {len(self.failures) - len(shown)} more (see the manifest)")
+        lines += [f"note: {printable(n)}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": os.fspath(self.path),
+                "layers": {k: list(v) for k, v in self.layers.items()},
+                "n_images": self.n_images, "done": self.done, "failed": self.failed,
+                "already": self.already, "failures": dict(self.failures),
+                "seconds": self.seconds, "images_per_second": self.images_per_second,
+                "engine": self.engine, "notes": list(self.notes)}
+
+
+def extract_dataset(
+    model: Any,
+    source: Any,
+    *,
+    layers: Any,
+    out: str | os.PathLike[str],
+    pool: str = "none",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    workers: int = 1,
+    device: str | torch.device | None = None,
+    compression: str = "zstd",
+    kind: str = "auto",
+    overwrite: bool = False,
+    dry_run: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int = 1,
+    progress: Progress | None = None,
+) -> ExtractResult | DryRun:
+    """Feature maps of every image of a dataset, into a resumable Zarr store.
+
+    The same call after an interruption (Ctrl-C, a crash, a killed process, a full disk)
+    continues where the store stops: finished chunks are kept, the others are computed again,
+    and the store ends equal to one written in one go. A store made with another model, weights,
+    layers, pooling, dtype, batch size, compression or preprocessing, or from other images, is
+    refused with what differs (``overwrite=True`` replaces it).
+
+    Args:
+        model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
+        source: what :func:`featuremap.open_collection` reads (a folder, class folders,
+            images/ + masks/, a list of paths, a glob) or a collection.
+        layers: layer names, globs or regexes.
+        out: the store's folder (created; its parent must exist).
+        pool: ``"none"`` (maps ``(N, C, H, W)``), ``"avg"``/``"max"`` (``(N, C)``), or
+            ``"avgN"``/``"maxN"`` (``(N, C, N, N)``).
+        dtype: ``"float32"`` or ``"float16"`` (values beyond float16's range are refused).
+        batch_size: images per forward pass and per chunk of the store.
+        workers: threads decoding images.
+        device: where the model runs (default: where it is).
+        compression: ``"zstd"`` (default), ``"lz4"`` or ``"none"``.
+        kind: how to read ``source`` (see :func:`featuremap.open_collection`).
+        overwrite: replace an existing store made another way.
+        dry_run: compute nothing: return a :class:`~featuremap.store.plan.DryRun` (bytes per
+            image and layer, the total, the free space, the time of a short timed run).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data, see
+            :mod:`featuremap.store.distributed`).
+        address: the Ray cluster to join (default: a local Ray).
+        actors: Ray actors, each holding the model once.
+        progress: ``progress(done, total)`` in images, as chunks are stored.
+
+    Returns:
+        An :class:`ExtractResult` (a :class:`DryRun` with ``dry_run``).
+
+    Raises:
+        ConfigError: bad settings, an existing store made another way, a run that does not
+            fit on the disk (checked before it starts).
+        StoreError: the disk filled up or refused a write mid-run (what was stored stays valid;
+            the same call resumes).
+        Interrupted: Ctrl-C (a KeyboardInterrupt saying how many images are stored).
+
+    Example:
+        >>> r = extract_dataset(load_model("resnet18"), "photos", layers="layer4",
+        ...                     pool="avg", out="photos.zarr")  # doctest: +SKIP
+        >>> open_store("photos.zarr").to_numpy("layer4").shape  # doctest: +SKIP
+        (1000, 512)
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    if device is not None:
+        from featuremap.model import as_model
+
+        model = as_model(model).to(device)
+    p = plan(model, source, layers=layers, out=out, pool=pool, dtype=dtype,
+             batch_size=batch_size, workers=workers, compression=compression, kind=kind)
+    if dry_run:
+        return _dry_run(p, overwrite)
+    _check_free(p, _pending_images(p, overwrite))
+    opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
+    if engine == "ray":
+        from featuremap.store.distributed import run_ray
+
+        return run_ray(p, opened, address=address, actors=actors, progress=progress)
+    return run_local(p, opened, progress=progress)
+
+
+def _absolute_items(p: Plan) -> list[Any]:
+    """The items with absolute paths: a store compares image lists by absolute path."""
+    import dataclasses
+
+    return [dataclasses.replace(item, path=Path(os.path.abspath(item.path)))
+            for item in p.collection.items]
+
+
+def _pending_images(p: Plan, overwrite: bool) -> int:
+    """Images still to compute, counted from an existing store's records (all for a new one)."""
+    from featuremap.store.manifest import MANIFEST, read_records
+
+    if overwrite or not (p.out / MANIFEST).is_file():
+        return len(p.collection)
+    finished = read_records(p.out)
+    n, chunk = len(p.collection), p.batch_size
+    return sum(min(s + chunk, n) - s for s in range(0, n, chunk) if s not in finished)
+
+
+def _check_free(p: Plan, pending: int) -> None:
+    need = sum(p.bytes_per_image.values()) * pending
+    free = free_space(p.out)
+    if need > free:
+        from featuremap.store.plan import _bytes
+
+        raise ConfigError(
+            f"the store would not fit: {pending:,} images x {sum(p.bytes_per_image.values()):,} "
+            f"bytes = {_bytes(need)} (before compression), {_bytes(free)} free at "
+            f"'{printable(p.out)}'; free space, pool the maps (--pool avg) or store float16.")
+
+
+def _dry_run(p: Plan, overwrite: bool) -> DryRun:
+    pending = _pending_images(p, overwrite)
+    seconds, timed = time_images(p, min(len(p.collection), 2 * p.batch_size))
+    return DryRun(p, pending, seconds, timed, free_space(p.out))
+
+
+# ------------------------------------------------------------------------------- the work
+
+
+def compute_chunk(p: Plan, extractor: Extractor, batch: Any, start: int, stop: int
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[int, str]]:
+    """One chunk's stored values, status and failures, from a decoded batch of its images.
+
+    Images that could not be read, and images whose size differs from the store's, are
+    recorded as failed with the reason; their rows stay zero.
+    """
+    n = stop - start
+    maps = {k: np.zeros((n, *p.header.shapes[k]), dtype=p.dtype) for k in p.layers}
+    status = np.full(n, DONE, np.int8)
+    failed: dict[int, str] = {}
+    for skipped in batch.skipped:
+        failed[skipped.index] = skipped.reason
+    for group in batch.groups:
+        if tuple(group.images.shape[1:]) != p.input_shape:
+            h, w = group.images.shape[2:]
+            for index in group.indices.tolist():
+                failed[index] = (f"its size {h} x {w} differs from the store's "
+                                 f"{p.input_shape[1]} x {p.input_shape[2]} (every image of a "
+                                 "store without a crop must share one size)")
+            continue
+        got = extractor.run(torch.from_numpy(group.images))
+        rows = group.indices - start
+        for name in p.layers:
+            values = p.pool(got.maps[name]).detach()
+            if p.dtype == "float16":
+                values = _half(values, name)
+            maps[name][rows] = values.cpu().numpy()
+    for index in failed:
+        status[index - start] = FAILED
+    return maps, status, failed
+
+
+def _half(values: torch.Tensor, name: str) -> torch.Tensor:
+    finite = torch.isfinite(values)
+    if bool((values.abs() > FLOAT16_MAX).logical_and(finite).any()):
+        top = float(values[finite].abs().max())
+        raise ConfigError(f"layer '{printable(name)}' has values up to {top:.4g}, beyond "
+                          f"float16's {FLOAT16_MAX:g}: store float32 (--dtype float32).")
+    return values.half()
+
+
+class _Writer(threading.Thread):
+    """Writes chunks handed over by the compute thread, at most ``depth`` waiting."""
+
+    def __init__(self, store: StoreWriter, depth: int = 2) -> None:
+        super().__init__(name="featuremap-store-writer", daemon=True)
+        self.store = store
+        self.jobs: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.written = 0
+        self.failed = 0
+        self.failures: dict[int, str] = {}
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue  # drain: nothing more is written after a failure
+            start, maps, status, failed = job
+            try:
+                self.store.write_chunk(start, maps, status, failed)
+            except BaseException as error:  # carried to the compute thread
+                self.error = error
+                continue
+            self.written += int((status == DONE).sum())
+            self.failed += len(failed)
+            self.failures.update(failed)
+
+    def put(self, job: Any) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.jobs.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.join()
+
+
+def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> ExtractResult:
+    """The local engine: decode on worker threads, compute here, write on a writer thread."""
+    store = opened.writer
+    chunks = store.pending_chunks(opened.finished)
+    already = p.header.n_images - sum(stop - start for start, stop in chunks)
+    items = [item for start, stop in chunks for item in p.collection.items[start:stop]]
+    extractor = Extractor(p.model, p.layers, reuse_buffers=True)
+    writer = _Writer(store)
+    total = len(items)
+    began = time.perf_counter()
+    writer.start()
+    stored = 0
+    if progress is not None:
+        progress(0, total)
+    try:
+        with batches(items, load=p.collection.reader(preprocess=p.preprocess),
+                     batch_size=p.batch_size, workers=p.workers) as stream:
+            for batch, (start, stop) in zip(stream, chunks):
+                batch = _reindexed(batch, start)
+                writer.put((start,) + compute_chunk(p, extractor, batch, start, stop))
+                stored += stop - start
+                if progress is not None:
+                    progress(stored, total)
+    except KeyboardInterrupt:
+        _close(writer)
+        store.finish(_absolute_items(p))
+        raise Interrupted(f"{writer.written + writer.failed + already:,} of "
+                          f"{p.header.n_images:,} images are stored in '{printable(p.out)}'; run "
+                          "the same command to resume") from None
+    except OSError as error:  # from the writer thread (put re-raises its error here)
+        _close(writer)
+        _raise_write(error, p, writer.written + writer.failed + already)
+    except BaseException:
+        _close(writer)
+        raise
+    _close(writer)
+    if writer.error is not None:
+        _raise_write(writer.error, p, writer.written + writer.failed + already)
+    try:
+        store.finish(_absolute_items(p))
+    except OSError as error:
+        _raise_write(error, p, writer.written + writer.failed + already)
+    return ExtractResult(p.out, {k: tuple(v) for k, v in p.header.shapes.items()},
+                         p.header.n_images, writer.written, writer.failed, already,
+                         failures_by_name(p, writer.failures),
+                         time.perf_counter() - began, "local", list(p.notes))
+
+
+def _close(writer: _Writer) -> None:
+    try:
+        writer.close()
+    except BaseException:  # a second Ctrl-C while the queued chunks are written
+        writer.join()
+
+
+def _raise_write(error: BaseException, p: Plan, stored: int) -> None:
+    if isinstance(error, OSError):
+        raise disk_error(error, p.out, stored, p.header.n_images) from None
+    raise error
+
+
+def _reindexed(batch: Any, start: int) -> Any:
+    """A batch of the pending items, its indices moved to the images' places in the dataset.
+
+    The stream numbers the pending items 0 .. M-1; each batch covers exactly one pending chunk
+    (chunks are ``batch_size`` images, only the last may be shorter), so the offset of the
+    batch's first item maps every index."""
+    import dataclasses
+
+    shift = start - batch.start
+    if shift == 0:
+        return batch
+    groups = tuple(dataclasses.replace(g, indices=g.indices + shift) for g in batch.groups)
+    skipped = tuple(dataclasses.replace(s, index=s.index + shift) for s in batch.skipped)
+    return dataclasses.replace(batch, start=batch.start + shift, stop=batch.stop + shift,
+                               indices=batch.indices + shift, groups=groups, skipped=skipped)
+
+
+def failures_by_name(p: Plan, failed: Mapping[int, str]) -> dict[str, str]:
+    """``{display name: reason}``."""
+    return {p.collection.items[i].name: r for i, r in sorted(failed.items())}
+
+
+__all__ = ["ExtractResult", "Interrupted", "StoreError", "compute_chunk", "extract_dataset",
+           "run_local"]

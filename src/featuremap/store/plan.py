@@ -1,0 +1,266 @@
+"""Before a dataset is extracted: what each image costs on disk, whether it fits, how long.
+
+:func:`plan` resolves everything a run needs (model, images, layers, pooling, the stored shape
+of every layer, the header a store must match) without computing a single real map;
+:func:`dry_run` adds a short timed pass over a few real images and the free space at the
+destination, and says whether the run fits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import featuremap
+from featuremap.capture import blank_input
+from featuremap.datasets import Collection, batches, open_collection
+from featuremap.datasets.collection import count_text
+from featuremap.errors import ConfigError, printable
+from featuremap.extraction import Extractor
+from featuremap.model import Model, as_model
+from featuremap.preprocess import Preprocess
+from featuremap.store.manifest import Header, weights_digest
+from featuremap.store.pooling import Pooling
+from featuremap.store.writer import COMPRESSIONS
+
+DTYPES = {"float32": 4, "float16": 2}
+MAX_BATCH = 4096
+MAX_WORKERS = 64
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+@dataclass
+class Plan:
+    """Everything an extraction needs, checked, before any real image is computed.
+
+    Attributes:
+        model: the model; collection: the images; out: the store's folder.
+        layers: resolved layer names; pool, dtype, compression, batch_size, workers: settings.
+        preprocess: what each image goes through (pairs keep their size: maps match masks).
+        header: what the store records and a resumed run must match.
+        input_shape: one image as the network receives it ``(C, H, W)``.
+    """
+
+    model: Model
+    collection: Collection
+    out: Path
+    layers: list[str]
+    pool: Pooling
+    dtype: str
+    compression: str
+    batch_size: int
+    workers: int
+    preprocess: Preprocess
+    header: Header
+    input_shape: tuple[int, int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_per_image(self) -> dict[str, int]:
+        """Bytes of one image's stored values, per layer (before compression)."""
+        size = DTYPES[self.dtype]
+        return {k: int(np.prod(v)) * size for k, v in self.header.shapes.items()}
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every image's stored values (before compression)."""
+        return sum(self.bytes_per_image.values()) * len(self.collection)
+
+
+def check_settings(batch_size: Any, workers: Any, dtype: Any, compression: Any) -> None:
+    """Refuse bad settings, all in one message."""
+    problems = []
+    for name, value, high in (("batch_size", batch_size, MAX_BATCH),
+                              ("workers", workers, MAX_WORKERS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            problems.append(f"{name} must be an integer from 1 to {high:,}, got {value!r}")
+    if dtype not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if compression not in COMPRESSIONS:
+        problems.append(f"compression must be one of {', '.join(COMPRESSIONS)}, got "
+                        f"{compression!r}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
+         pool: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int = 1,
+         compression: str = "zstd", kind: str = "auto") -> Plan:
+    """Resolve and check an extraction (see :func:`featuremap.store.extract_dataset`).
+
+    Raises:
+        ConfigError: bad settings, a source that holds no images, a layer whose output is
+            neither maps nor one vector per image, images too small for the network.
+        UnknownNameError: an unknown layer.
+    """
+    check_settings(batch_size, workers, dtype, compression)
+    spec = Pooling.parse(pool)
+    m = as_model(model)
+    names = m.resolve(layers)
+    collection = source if isinstance(source, Collection) else open_collection(
+        source, kind=kind, suffixes=None)
+    if not len(collection):
+        raise ConfigError(f"'{printable(collection.source)}' holds no images.")
+    pre = m.preprocess
+    if collection.kind == "pairs":  # maps stay aligned with the masks: no resize, no crop
+        pre = Preprocess(resize=None, crop=None, mean=pre.mean, std=pre.std,
+                         channels=pre.channels)
+    input_shape = _input_shape(m, pre, collection)
+    shapes = _stored_shapes(m, names, input_shape, spec)
+    header = Header(
+        model=m.name, weights=m.weights, weights_sha256=weights_digest(m.module),
+        preprocess=pre.to_dict(), layers=list(names),
+        shapes={k: list(v) for k, v in shapes.items()}, pool=str(spec), dtype=dtype,
+        compression=compression, chunk=batch_size, source=printable(os.fspath(collection.source)),
+        kind=collection.kind, classes=list(collection.classes) if collection.classes else None,
+        n_images=len(collection), featuremap_version=featuremap.__version__)
+    return Plan(m, collection, Path(out), list(names), spec, dtype, compression, batch_size,
+                workers, pre, header, input_shape)
+
+
+def _input_shape(m: Model, pre: Preprocess, collection: Collection) -> tuple[int, int, int]:
+    """What the network receives: the crop when there is one, else the first readable image's
+    size (every image must then share it)."""
+    if pre.crop is not None:
+        return (pre.channels, pre.crop, pre.crop)
+    reader = collection.reader(preprocess=pre)
+    for item in collection.items[:64]:
+        try:
+            image = reader.image(item.path)
+        except (OSError, ValueError):
+            continue
+        return tuple(image.shape)  # type: ignore[return-value]
+    raise ConfigError(f"none of the first {min(64, len(collection))} images of "
+                      f"'{printable(collection.source)}' could be read.")
+
+
+def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int],
+                   spec: Pooling) -> dict[str, tuple[int, ...]]:
+    """Each layer's stored shape per image, from one pass on zeros."""
+    got = m.capture(names, keep="copy")(blank_input(m.module, (1, *input_shape)))
+    shapes = {}
+    for name in names:
+        meta = got.meta[name]
+        if not meta.is_map and meta.layout != "vector":
+            raise ConfigError(f"layer '{printable(name)}' ({meta.type}) gives "
+                              f"{meta.source_shape}, neither feature maps nor one vector per "
+                              f"image: {meta.reason}; choose another layer ('featuremap layers "
+                              f"{printable(m.name)}' lists every layer's output shape).")
+        shapes[name] = spec.shape(tuple(got.maps[name].shape[1:]))
+    return shapes
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+@dataclass
+class DryRun:
+    """What a run would write and take, measured on a few real images (``--dry-run``).
+
+    Attributes:
+        plan: the checked plan; pending: images still to compute (all, for a new store).
+        seconds_per_image: decode + forward + pooling of a short timed run (None: not timed).
+        timed_images: how many images the timing used; free_bytes: free space at the store.
+    """
+
+    plan: Plan
+    pending: int
+    seconds_per_image: float | None
+    timed_images: int
+    free_bytes: int
+
+    @property
+    def needed_bytes(self) -> int:
+        """Bytes the pending images add (before compression)."""
+        return sum(self.plan.bytes_per_image.values()) * self.pending
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.free_bytes
+
+    @property
+    def seconds(self) -> float | None:
+        """Estimated time of the pending images."""
+        return None if self.seconds_per_image is None else self.seconds_per_image * self.pending
+
+    def __str__(self) -> str:
+        p = self.plan
+        width = max(5, *(len(printable(k)) for k in p.layers))
+        images = count_text(len(p.collection), "image", "images")
+        lines = [f"dry run: {printable(p.model.name)} on {images} "
+                 f"from '{printable(p.collection.source)}' -> '{printable(p.out)}' "
+                 f"(pool {p.pool}, {p.dtype}, compression {p.compression})",
+                 f"{'layer':<{width}}  {'stored shape':>16}  {'bytes/image':>12}"]
+        for name, size in p.bytes_per_image.items():
+            shape = " x ".join(str(s) for s in p.header.shapes[name])
+            lines.append(f"{printable(name):<{width}}  {shape:>16}  {size:>12,}")
+        per = sum(p.bytes_per_image.values())
+        lines.append(f"{'total':<{width}}  {'':>16}  {per:>12,}")
+        lines.append(f"{self.pending:,} images to compute: {_bytes(self.needed_bytes)} before "
+                     f"compression (all {len(p.collection):,}: {_bytes(p.total_bytes)}); free at "
+                     f"the destination: {_bytes(self.free_bytes)}"
+                     + ("" if self.fits else " -- does NOT fit"))
+        if self.seconds is not None:
+            lines.append(f"estimated time: {_duration(self.seconds)} "
+                         f"({1 / self.seconds_per_image:,.1f} images/s over "
+                         f"{self.timed_images} timed images)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": {k: {"shape": self.plan.header.shapes[k], "bytes_per_image": v}
+                           for k, v in self.plan.bytes_per_image.items()},
+                "images": len(self.plan.collection), "pending": self.pending,
+                "needed_bytes": self.needed_bytes, "total_bytes": self.plan.total_bytes,
+                "free_bytes": self.free_bytes, "fits": self.fits,
+                "seconds_per_image": self.seconds_per_image, "seconds": self.seconds}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def time_images(p: Plan, n: int) -> tuple[float | None, int]:
+    """Seconds per image of decoding + forward + pooling on the first ``n`` images (the first
+    batch warms up and is not counted when there is more than one)."""
+    extractor = Extractor(p.model, p.layers, reuse_buffers=True)
+    items = p.collection.items[: max(1, n)]
+    size = max(1, min(p.batch_size, (len(items) + 1) // 2))
+    timed, seconds, first = 0, 0.0, True
+    with batches(items, load=p.collection.reader(preprocess=p.preprocess),
+                 batch_size=size, workers=p.workers) as stream:
+        start = time.perf_counter()
+        for batch in stream:
+            for group in batch.groups:
+                got = extractor.run(torch.from_numpy(group.images))
+                for name in p.layers:
+                    p.pool(got.maps[name]).cpu()
+            now = time.perf_counter()
+            if not first or len(items) <= size:
+                seconds += now - start
+                timed += len(batch.items) + len(batch.skipped)
+            first = False
+            start = time.perf_counter()
+    return (seconds / timed if timed else None), timed
