@@ -133,19 +133,19 @@ def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
 
 
 def _input_shape(m: Model, pre: Preprocess, collection: Collection) -> tuple[int, int, int]:
-    """What the network receives: the crop when there is one, else the first readable image's
-    size (every image must then share it)."""
-    if pre.crop is not None:
-        return (pre.channels, pre.crop, pre.crop)
+    """What the network receives: the first readable image as preprocessed (with a crop every
+    image gets its shape; without, every image must share it). A source whose first files
+    are all unreadable is refused before a store is made."""
     reader = collection.reader(preprocess=pre)
+    first = None
     for item in collection.items[:64]:
         try:
-            image = reader.image(item.path)
-        except (OSError, ValueError):
-            continue
-        return tuple(image.shape)  # type: ignore[return-value]
-    raise ConfigError(f"none of the first {min(64, len(collection))} images of "
-                      f"'{printable(collection.source)}' could be read.")
+            return tuple(reader.image(item.path).shape)  # type: ignore[return-value]
+        except (OSError, ValueError) as error:
+            first = first or f"{item.name}: {printable(error)}"
+    raise ConfigError(f"none of the first {min(64, len(collection))} files of "
+                      f"'{printable(collection.source)}' could be read as an image (first: "
+                      f"{first}).")
 
 
 def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int],

@@ -10,6 +10,7 @@ run writes it again whole.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -122,6 +123,7 @@ class StoreWriter:
         if not path.parent.is_dir():
             raise ConfigError(f"the folder '{printable(path.parent)}' does not exist: create "
                               f"it first or choose another --out.")
+        _remove_stale_creations(path)
         manifest = path / MANIFEST
         if path.is_dir() and any(path.iterdir()):
             if not manifest.is_file():
@@ -263,6 +265,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _remove_stale_creations(path: Path) -> None:
+    """Remove the temporary folders of creations of this store that were killed before their
+    rename (named ``.NAME.*.part`` beside it, holding a store manifest)."""
+    for entry in path.parent.glob(f".{glob.escape(path.name[:40])}.*.part"):
+        if entry.is_dir() and not entry.is_symlink() and (entry / MANIFEST).is_file():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _remove_store(path: Path) -> None:
