@@ -131,6 +131,22 @@ def test_pooling(model, data, tmp_path, pool, shape):
     assert np.allclose(store.to_numpy("backbone.block4"), expected.numpy(), atol=1e-6)
 
 
+def test_pooling_per_layer(model, data, reference, tmp_path):
+    from featuremap import open_store
+    from featuremap.errors import UnknownNameError
+
+    extract(model, data, tmp_path / "s.zarr", pool="backbone.block4=avg")
+    store, full = open_store(tmp_path / "s.zarr"), open_store(reference)
+    assert store.header.pool == {"backbone.block1": "none", "backbone.block4": "avg"}
+    assert np.array_equal(store.to_numpy("backbone.block1"), full.to_numpy("backbone.block1"))
+    assert np.allclose(store.to_numpy("backbone.block4"),
+                       full.to_numpy("backbone.block4").mean(axis=(2, 3)), atol=1e-6)
+    with pytest.raises(UnknownNameError, match="Did you mean 'backbone.block4'"):
+        extract(model, data, tmp_path / "t.zarr", pool="backbone.blok4=avg")
+    with pytest.raises(FeaturemapError, match="pool must be one of"):
+        extract(model, data, tmp_path / "t.zarr", pool={"backbone.block4": "sum"})
+
+
 def test_float16(model, data, reference, tmp_path):
     from featuremap import open_store
 

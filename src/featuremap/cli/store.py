@@ -15,7 +15,7 @@ from featuremap.cli.common import progress as progress_bar
 @app.command(epilog="Examples:\n\n  featuremap extract shapes-data --layers backbone.block1,"
              "backbone.block4 --out shapes.zarr\n\n"
              "  featuremap extract photos/ -m resnet18 --weights DEFAULT --layers layer2,layer4 "
-             "--pool avg --out photos.zarr --dry-run\n\n"
+             "--pool layer4=avg --out photos.zarr --dry-run\n\n"
              "  featuremap extract list.txt -m resnet50 --weights DEFAULT --layers layer4 --pool "
              "avg --dtype float16 --engine ray --out maps.zarr\n\n"
              "Run the same command again to resume an interrupted run; open the store with "
@@ -30,7 +30,8 @@ def extract(
     model: ModelOpt = "shapes",
     weights: WeightsOpt = "DEFAULT",
     pool: Annotated[str, typer.Option(
-        help="none (maps N x C x H x W), avg or max (N x C), avgN or maxN (an N x N grid).")
+        help="none (maps N x C x H x W), avg or max (N x C), avgN or maxN (an N x N grid); "
+        "per layer: layer4=avg,layer2=none (layers not named: none).")
     ] = "none",
     dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass and "

@@ -97,7 +97,7 @@ def extract_dataset(
     *,
     layers: Any,
     out: str | os.PathLike[str],
-    pool: str = "none",
+    pool: Any = "none",
     dtype: str = "float32",
     batch_size: int = 32,
     workers: int = 1,
@@ -126,7 +126,8 @@ def extract_dataset(
         layers: layer names, globs or regexes.
         out: the store's folder (created; its parent must exist).
         pool: ``"none"`` (maps ``(N, C, H, W)``), ``"avg"``/``"max"`` (``(N, C)``), or
-            ``"avgN"``/``"maxN"`` (``(N, C, N, N)``).
+            ``"avgN"``/``"maxN"`` (``(N, C, N, N)``): one rule for every layer, or per layer
+            as ``"layer4=avg,layer2=none"`` or a dict (layers not named: ``"none"``).
         dtype: ``"float32"`` or ``"float16"`` (values beyond float16's range are refused).
         batch_size: images per forward pass and per chunk of the store.
         workers: threads decoding images.
@@ -241,7 +242,7 @@ def compute_chunk(p: Plan, extractor: Extractor, batch: Any, start: int, stop: i
         got = extractor.run(torch.from_numpy(group.images))
         rows = group.indices - start
         for name in p.layers:
-            values = p.pool(got.maps[name]).detach()
+            values = p.pools[name](got.maps[name]).detach()
             if p.dtype == "float16":
                 values = _half(values, name)
             maps[name][rows] = values.cpu().numpy()

@@ -61,7 +61,7 @@ class Header:
     preprocess: dict[str, Any]
     layers: list[str]
     shapes: dict[str, list[int]]
-    pool: str
+    pool: dict[str, str]
     dtype: str
     compression: str
     chunk: int

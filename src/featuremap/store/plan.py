@@ -27,7 +27,7 @@ from featuremap.extraction import Extractor
 from featuremap.model import Model, as_model
 from featuremap.preprocess import Preprocess
 from featuremap.store.manifest import Header, weights_digest
-from featuremap.store.pooling import Pooling
+from featuremap.store.pooling import Pooling, pools
 from featuremap.store.writer import COMPRESSIONS
 
 DTYPES = {"float32": 4, "float16": 2}
@@ -49,7 +49,8 @@ class Plan:
 
     Attributes:
         model: the model; collection: the images; out: the store's folder.
-        layers: resolved layer names; pool, dtype, compression, batch_size, workers: settings.
+        layers: resolved layer names; pools: each layer's pooling; dtype, compression,
+            batch_size, workers: settings.
         preprocess: what each image goes through (pairs keep their size: maps match masks).
         header: what the store records and a resumed run must match.
         input_shape: one image as the network receives it ``(C, H, W)``.
@@ -59,7 +60,7 @@ class Plan:
     collection: Collection
     out: Path
     layers: list[str]
-    pool: Pooling
+    pools: dict[str, Pooling]
     dtype: str
     compression: str
     batch_size: int
@@ -98,7 +99,7 @@ def check_settings(batch_size: Any, workers: Any, dtype: Any, compression: Any) 
 
 
 def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
-         pool: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int = 1,
+         pool: Any = "none", dtype: str = "float32", batch_size: int = 32, workers: int = 1,
          compression: str = "zstd", kind: str = "auto") -> Plan:
     """Resolve and check an extraction (see :func:`featuremap.store.extract_dataset`).
 
@@ -108,9 +109,9 @@ def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
         UnknownNameError: an unknown layer.
     """
     check_settings(batch_size, workers, dtype, compression)
-    spec = Pooling.parse(pool)
     m = as_model(model)
     names = m.resolve(layers)
+    spec = pools(pool, names)
     collection = source if isinstance(source, Collection) else open_collection(
         source, kind=kind, suffixes=None)
     if not len(collection):
@@ -124,7 +125,8 @@ def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
     header = Header(
         model=m.name, weights=m.weights, weights_sha256=weights_digest(m.module),
         preprocess=pre.to_dict(), layers=list(names),
-        shapes={k: list(v) for k, v in shapes.items()}, pool=str(spec), dtype=dtype,
+        shapes={k: list(v) for k, v in shapes.items()},
+        pool={k: str(v) for k, v in spec.items()}, dtype=dtype,
         compression=compression, chunk=batch_size, source=printable(os.fspath(collection.source)),
         kind=collection.kind, classes=list(collection.classes) if collection.classes else None,
         n_images=len(collection), featuremap_version=featuremap.__version__)
@@ -149,7 +151,7 @@ def _input_shape(m: Model, pre: Preprocess, collection: Collection) -> tuple[int
 
 
 def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int],
-                   spec: Pooling) -> dict[str, tuple[int, ...]]:
+                   spec: dict[str, Pooling]) -> dict[str, tuple[int, ...]]:
     """Each layer's stored shape per image, from one pass on zeros."""
     got = m.capture(names, keep="copy")(blank_input(m.module, (1, *input_shape)))
     shapes = {}
@@ -160,7 +162,7 @@ def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int]
                               f"{meta.source_shape}, neither feature maps nor one vector per "
                               f"image: {meta.reason}; choose another layer ('featuremap layers "
                               f"{printable(m.name)}' lists every layer's output shape).")
-        shapes[name] = spec.shape(tuple(got.maps[name].shape[1:]))
+        shapes[name] = spec[name].shape(tuple(got.maps[name].shape[1:]))
     return shapes
 
 
@@ -208,13 +210,14 @@ class DryRun:
         images = count_text(len(p.collection), "image", "images")
         lines = [f"dry run: {printable(p.model.name)} on {images} "
                  f"from '{printable(p.collection.source)}' -> '{printable(p.out)}' "
-                 f"(pool {p.pool}, {p.dtype}, compression {p.compression})",
-                 f"{'layer':<{width}}  {'stored shape':>16}  {'bytes/image':>12}"]
+                 f"({p.dtype}, compression {p.compression})",
+                 f"{'layer':<{width}}  {'pool':>5}  {'stored shape':>16}  {'bytes/image':>12}"]
         for name, size in p.bytes_per_image.items():
             shape = " x ".join(str(s) for s in p.header.shapes[name])
-            lines.append(f"{printable(name):<{width}}  {shape:>16}  {size:>12,}")
+            lines.append(f"{printable(name):<{width}}  {str(p.pools[name]):>5}  {shape:>16}  "
+                         f"{size:>12,}")
         per = sum(p.bytes_per_image.values())
-        lines.append(f"{'total':<{width}}  {'':>16}  {per:>12,}")
+        lines.append(f"{'total':<{width}}  {'':>5}  {'':>16}  {per:>12,}")
         lines.append(f"{self.pending:,} images to compute: {_bytes(self.needed_bytes)} before "
                      f"compression (all {len(p.collection):,}: {_bytes(p.total_bytes)}); free at "
                      f"the destination: {_bytes(self.free_bytes)}"
@@ -226,7 +229,8 @@ class DryRun:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": {k: {"shape": self.plan.header.shapes[k], "bytes_per_image": v}
+        return {"layers": {k: {"shape": self.plan.header.shapes[k], "bytes_per_image": v,
+                               "pool": str(self.plan.pools[k])}
                            for k, v in self.plan.bytes_per_image.items()},
                 "images": len(self.plan.collection), "pending": self.pending,
                 "needed_bytes": self.needed_bytes, "total_bytes": self.plan.total_bytes,
@@ -256,7 +260,7 @@ def time_images(p: Plan, n: int) -> tuple[float | None, int]:
             for group in batch.groups:
                 got = extractor.run(torch.from_numpy(group.images))
                 for name in p.layers:
-                    p.pool(got.maps[name]).cpu()
+                    p.pools[name](got.maps[name]).cpu().numpy().copy()
             now = time.perf_counter()
             if not first or len(items) <= size:
                 seconds += now - start

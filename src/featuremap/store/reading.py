@@ -122,8 +122,9 @@ class Store:
                  f"(weights sha256 {h.weights_sha256[:12]}), {len(self):,} images: "
                  f"{counts['done']:,} done, {counts['failed']:,} failed, "
                  f"{counts['pending']:,} pending",
-                 f"pool {h.pool}, {h.dtype}, {h.compression}, chunks of {h.chunk} images"]
+                 f"{h.dtype}, {h.compression}, chunks of {h.chunk} images"]
         lines += [f"  {printable(k)}: {' x '.join(str(s) for s in h.shapes[k])} per image"
+                  + (f" (pool {h.pool[k]})" if h.pool.get(k, "none") != "none" else "")
                   for k in h.layers]
         return "\n".join(lines)
 
