@@ -106,7 +106,8 @@ def differences(stored: Header, wanted: Header) -> list[str]:
     out = []
     for name in IDENTITY:
         a, b = getattr(stored, name), getattr(wanted, name)
-        if a == b or (name == "shapes" and stored.layers != wanted.layers):
+        if a == b or (name == "shapes" and (stored.layers, stored.pool) != (wanted.layers,
+                                                                             wanted.pool)):
             continue
         if name == "weights_sha256":
             out.append(f"the weights differ (store: {printable(stored.weights)}, "
