@@ -153,3 +153,15 @@ def test_channels_last_round_trip(grid):
                        size=(h * stride, w * stride))
     assert layout == Layout("NHWC", (h, w))
     assert torch.equal(to_maps(nhwc, layout), maps)
+
+
+def test_a_convolution_is_channels_first_whatever_its_aspect():
+    from torch import nn
+
+    from featuremap.layouts import layout_of
+
+    # (1, 32, 30, 15): a stride of (1, 2) on 32 x 32 maps, whose middle dims (32, 30) would
+    # otherwise pass for a channels-last grid of a 64 x 64 input
+    for module in (nn.Conv2d(16, 32, 3, stride=(1, 2)), nn.BatchNorm2d(32), nn.MaxPool2d(2)):
+        assert layout_of((1, 32, 30, 15), module, batch=1, size=(64, 64)).kind == "NCHW"
+    assert layout_of((1, 32, 30, 15), nn.LayerNorm(15), batch=1, size=(64, 64)).kind == "NHWC"

@@ -13,7 +13,9 @@ featuremap turns each into ``(N, C, H, W)`` maps on the input's grid, recording 
 - ``"other"``: anything else (attention weights, windows of a Swin block): not a map; ``reason``
   says why.
 
-The rule for a 4-D output ``(N, A, B, C)``: it is ``NCHW`` when ``(B, C)`` has the input's aspect
+The rule for a 4-D output ``(N, A, B, C)``: torch's 2-D convolutions, batch norms and pools are
+``NCHW`` whatever their aspect (a stride of ``(1, 2)`` halves only the columns); for other
+modules it is ``NCHW`` when ``(B, C)`` has the input's aspect
 (rows and columns shrunk by about the same stride), else ``NHWC`` when ``(A, B)`` has it; a
 ``Linear`` or ``LayerNorm`` (which act on the last dim) is ``NHWC`` whenever ``(A, B)`` fits;
 ``(N, heads, T, T)`` whose ``T`` is a transformer's tokens is attention, not a map. For
@@ -68,6 +70,18 @@ class Layout:
                        "(class/register) dropped" if self.prefix else "")
             return f"tokens (N, T, C) reshaped to the {h} x {w} patch grid{dropped}"
         return ""
+
+
+def _channels_first(module: Any) -> bool:
+    """True for torch's 2-D convolutions, batch norms and pools: always ``(N, C, H, W)``."""
+    if module is None:
+        return False
+    from torch import nn
+
+    return isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                               nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                               nn.AdaptiveMaxPool2d)) and not isinstance(
+        module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d))
 
 
 def _fits(size: tuple[int, int], grid: tuple[int, int]) -> bool:
@@ -146,6 +160,8 @@ def layout_of(shape: tuple[int, ...], module: nn.Module | None, *, batch: int,
             "of the image (as inside a Swin block), not one map per image"))
     if len(shape) == 2:
         return Layout("vector", reason="one vector per image (N, D), not maps")
+    if len(shape) == 4 and _channels_first(module):
+        return Layout("NCHW", (shape[2], shape[3]))  # whatever the aspect (a stride of (1, 2))
     if len(shape) == 4:
         nchw, nhwc = _fits(size, shape[2:4]), _fits(size, shape[1:3])
         if nhwc and (not nchw or kind.endswith(_LAST_DIM_OPS)):
