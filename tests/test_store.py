@@ -383,6 +383,36 @@ def test_a_real_full_disk(model, data, reference, tmp_path):
 # ---------------------------------------------------------------------------- dry run, CLI
 
 
+def test_a_batch_too_large_for_memory_is_refused_before_any_work(model, data, tmp_path,
+                                                                 refused_early, monkeypatch):
+    monkeypatch.setenv("FEATUREMAP_MEMORY_LIMIT", "1GB")
+    message = refused_early(lambda: extract(model, data, tmp_path / "s.zarr", batch_size=4096,
+                                            layers=["backbone.block1.conv1"]),
+                            "in flight")
+    assert "--batch-size" in message and not (tmp_path / "s.zarr").exists()
+
+
+def test_ctrl_c_keeps_what_is_stored_and_says_so(model, data, reference, tmp_path):
+    from featuremap.store import Interrupted
+
+    def interrupt(done, total):
+        if done >= 2 * CHUNK:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "s.zarr"
+    with pytest.raises(Interrupted, match=r"of 23 images are stored .* run the same command"):
+        extract(model, data, out, progress=interrupt)
+    assert not open_store_complete(out)
+    extract(model, data, out)
+    assert snapshot(out) == snapshot(reference)
+
+
+def open_store_complete(path) -> bool:
+    from featuremap import open_store
+
+    return open_store(path).complete
+
+
 def test_dry_run_writes_nothing_and_estimates(model, data, tmp_path):
     from featuremap.store import DryRun
 

@@ -201,11 +201,11 @@ def _check_free(p: Plan, pending: int) -> None:
     need = sum(p.bytes_per_image.values()) * pending
     free = free_space(p.out)
     if need > free:
-        from featuremap.store.plan import _bytes
+        from featuremap.budget import format_bytes
 
         raise ConfigError(
             f"the store would not fit: {pending:,} images x {sum(p.bytes_per_image.values()):,} "
-            f"bytes = {_bytes(need)} (before compression), {_bytes(free)} free at "
+            f"bytes = {format_bytes(need)} (before compression), {format_bytes(free)} free at "
             f"'{printable(p.out)}'; free space, pool the maps (--pool avg) or store float16.")
 
 

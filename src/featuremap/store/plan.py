@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import featuremap
+from featuremap.budget import check_size, format_bytes
 from featuremap.capture import blank_input
 from featuremap.datasets import Collection, batches, open_collection
 from featuremap.datasets.collection import count_text
@@ -33,14 +34,6 @@ from featuremap.store.writer import COMPRESSIONS
 DTYPES = {"float32": 4, "float16": 2}
 MAX_BATCH = 4096
 MAX_WORKERS = 64
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 @dataclass
@@ -121,7 +114,14 @@ def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
         pre = Preprocess(resize=None, crop=None, mean=pre.mean, std=pre.std,
                          channels=pre.channels)
     input_shape = _input_shape(m, pre, collection)
-    shapes = _stored_shapes(m, names, input_shape, spec)
+    shapes, captured = _stored_shapes(m, names, input_shape, spec)
+    in_flight = batch_size * (4 * int(np.prod(input_shape)) * (2 + 1)  # decoded ahead + now
+                              + captured  # the kept maps of one pass
+                              + 4 * DTYPES[dtype] * sum(int(np.prod(v))
+                                                              for v in shapes.values()))
+    check_size(in_flight, what=f"a batch of {batch_size} images in flight (decoded images, "
+               "the maps of one pass, chunks waiting to be written)",
+               fix="lower --batch-size or pool the maps")
     header = Header(
         model=m.name, weights=m.weights, weights_sha256=weights_digest(m.module),
         preprocess=pre.to_dict(), layers=list(names),
@@ -151,8 +151,9 @@ def _input_shape(m: Model, pre: Preprocess, collection: Collection) -> tuple[int
 
 
 def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int],
-                   spec: dict[str, Pooling]) -> dict[str, tuple[int, ...]]:
-    """Each layer's stored shape per image, from one pass on zeros."""
+                   spec: dict[str, Pooling]) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Each layer's stored shape per image, and the bytes its kept maps take per image (before
+    pooling), from one pass on zeros."""
     got = m.capture(names, keep="copy")(blank_input(m.module, (1, *input_shape)))
     shapes = {}
     for name in names:
@@ -163,7 +164,7 @@ def _stored_shapes(m: Model, names: list[str], input_shape: tuple[int, int, int]
                               f"image: {meta.reason}; choose another layer ('featuremap layers "
                               f"{printable(m.name)}' lists every layer's output shape).")
         shapes[name] = spec[name].shape(tuple(got.maps[name].shape[1:]))
-    return shapes
+    return shapes, sum(t[0].numel() * t.element_size() for t in got.maps.values())
 
 
 def free_space(path: Path) -> int:
@@ -218,9 +219,10 @@ class DryRun:
                          f"{size:>12,}")
         per = sum(p.bytes_per_image.values())
         lines.append(f"{'total':<{width}}  {'':>5}  {'':>16}  {per:>12,}")
-        lines.append(f"{self.pending:,} images to compute: {_bytes(self.needed_bytes)} before "
-                     f"compression (all {len(p.collection):,}: {_bytes(p.total_bytes)}); free at "
-                     f"the destination: {_bytes(self.free_bytes)}"
+        need, total = format_bytes(self.needed_bytes), format_bytes(p.total_bytes)
+        lines.append(f"{self.pending:,} images to compute: {need} before compression (all "
+                     f"{len(p.collection):,}: {total}); free at the destination: "
+                     f"{format_bytes(self.free_bytes)}"
                      + ("" if self.fits else " -- does NOT fit"))
         if self.seconds is not None:
             lines.append(f"estimated time: {_duration(self.seconds)} "
