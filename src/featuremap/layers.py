@@ -35,6 +35,7 @@ __all__ = [
     "geometry",
     "in_channels",
     "layer_infos",
+    "match_names",
     "resolve_layers",
     "size_pair",
 ]
@@ -274,6 +275,22 @@ def _kind(request: str) -> tuple[str, str]:
     return "exact", request
 
 
+def match_names(request: str, names: Iterable[str]) -> tuple[str, list[str]]:
+    """``(kind, matches)``: whether ``request`` is an ``"exact"`` name, a ``"glob"`` or a
+    ``"regex"`` (see the module docstring), and the ``names`` it matches, in their order.
+
+    Raises:
+        ConfigError: an invalid regex or a request that is not a string.
+
+    Example:
+        >>> match_names("layer[12]", ["layer1", "layer2", "layer3"])
+        ('glob', ['layer1', 'layer2'])
+    """
+    kind, _ = _kind(request)
+    matcher = _matcher(request)
+    return kind, [n for n in names if matcher(n)]
+
+
 def resolve_layers(
     model: nn.Module, names: str | Iterable[str], *, model_name: str | None = None
 ) -> list[str]:
@@ -303,8 +320,7 @@ def resolve_layers(
     requests = [names] if isinstance(names, str) else list(names)
     found: dict[str, None] = {}
     for request in requests:
-        kind, _ = _kind(request)
-        matches = [n for n in all_names if _matcher(request)(n)]
+        kind, matches = match_names(request, all_names)
         if not matches:
             raise _unknown_layer(model, request, kind, all_names, model_name)
         found.update(dict.fromkeys(matches))

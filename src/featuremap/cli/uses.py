@@ -28,6 +28,20 @@ from featuremap.cli.common import (
 from featuremap.errors import ConfigError, printable
 
 HEADS = (".safetensors",)
+# probe and fit-seg read a dataset folder (the model computes the maps) or a store (it need not)
+DataOrStore = Annotated[Path, typer.Argument(
+    metavar="DATA_DIR", help="A dataset folder (see below), or a store that 'featuremap extract' "
+    "wrote from one: its stored maps are used, no network runs.")]
+StoreModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model name (see 'featuremap models'), e.g. shapes, resnet18. Default: "
+    "shapes; with a store, none is loaded (its maps are used as they are): a model given is "
+    "loaded and must be the one that made the store.")]
+StoreWeightsOpt = Annotated[str | None, typer.Option(
+    help="DEFAULT (the default), random, a torchvision weights name, or a .pth/.pt/.safetensors "
+    "file; with a store, given alone, checks that the store's model had these weights.")]
+StoreLayers = Annotated[str | None, typer.Option(
+    "--layers", help="Comma-separated layers (required for a folder; with a store, default: "
+    "all the layers it holds).")]
 
 
 @app.command(epilog="Examples:\n\n  featuremap classify docs/scene.png\n\n"
@@ -81,18 +95,22 @@ def classify(
 @app.command(epilog="Examples:\n\n  featuremap probe shapes-data --layers backbone.block1,"
              "backbone.block2,backbone.block4\n\n"
              "  featuremap probe my-photos -m resnet18 --weights DEFAULT --layers layer1,layer4"
-             " --out probes.safetensors\n\nDATA_DIR holds one folder per class.")
+             " --out probes.safetensors\n\n"
+             "  featuremap extract shapes-data --layers backbone.block1,backbone.block4 --pool "
+             "avg --out shapes.zarr\n\n  featuremap probe shapes.zarr --layers backbone.block4"
+             "\n\nDATA_DIR holds one folder per class, or is a store extracted from such a "
+             "folder (--pool none or avg): extract once, probe many times without running the "
+             "network.")
 def probe(
-    data_dir: Annotated[Path, typer.Argument(help="A folder with one sub-folder of images per "
-                                             "class.")],
-    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers to probe.")],
-    model: ModelOpt = "shapes",
-    weights: WeightsOpt = "DEFAULT",
+    data_dir: DataOrStore,
+    layers: StoreLayers = None,
+    model: StoreModelOpt = None,
+    weights: StoreWeightsOpt = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")
                              ] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")
-                          ] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass "
+                                            "(none with a store).")] = 32,
     out: Annotated[Path | None, typer.Option(
         help="Where to save the probes (.safetensors + .json; default probes.safetensors, "
         "never overwritten).")] = None,
@@ -105,16 +123,34 @@ def probe(
 
     path = target(out, "probes.safetensors", overwrite, suffixes=HEADS)
     _sidecar_free(path, overwrite)
-    chosen = names(layers, "layers")
     check_options(test_fraction, batch_size, 1e-3)
-    loaded = load(model, weights, device)
+    data, loaded, chosen = _source(data_dir, layers, model, weights, device)
     bar, tick = progress("images")
     with bar:
-        result = probe_fn(loaded, data_dir, layers=chosen, test_fraction=test_fraction,
+        result = probe_fn(loaded, data, layers=chosen, test_fraction=test_fraction,
                           seed=seed, batch_size=batch_size, progress=tick)
     emit(result)
     _skipped(result.skipped)
     wrote(*result.save(path, overwrite=overwrite))
+
+
+def _source(data_dir: Path, layers: str | None, model: str | None, weights: str | None,
+            device: str):
+    """``(data, model, layers)`` for probe and fit-seg: a folder needs a model (shapes unless
+    --model says otherwise) and --layers; a store needs neither, and a model given
+    (--model or --weights) is loaded so that the library checks it made the store."""
+    from featuremap.tasks.fromstore import as_store
+
+    store = as_store(data_dir)
+    chosen = names(layers, "layers") if layers is not None else None
+    if store is None:
+        if chosen is None:
+            raise ConfigError("--layers is required for a dataset folder (only a store has "
+                              "default layers: the ones it holds).")
+        return data_dir, load(model or "shapes", weights or "DEFAULT", device), chosen
+    if model is None and weights is None:
+        return store, None, chosen
+    return store, load(model or store.header.model, weights or "DEFAULT", device), chosen
 
 
 def _sidecar_free(path: Path, overwrite: bool) -> None:
@@ -187,18 +223,22 @@ def segment(
 
 @app.command("fit-seg", epilog="Examples:\n\n  featuremap fit-seg scenes --layers "
              "backbone.block1,backbone.block2,backbone.block3,backbone.block4\n\n"
-             "DATA_DIR holds images/ and masks/ (PNG label maps with the same file names).")
+             "  featuremap extract scenes --layers backbone.block2,backbone.block4 --out "
+             "scenes.zarr\n\n  featuremap fit-seg scenes.zarr --epochs 50\n\n"
+             "DATA_DIR holds images/ and masks/ (PNG label maps with the same file names), or is "
+             "a store extracted from such a folder (--pool none, or a grid such as avg8): its "
+             "maps are read, the masks from their files, and the network does not run.")
 def fit_seg(
-    data_dir: Annotated[Path, typer.Argument(help="A folder with images/ and masks/.")],
-    layers: Annotated[str, typer.Option("--layers", help="Comma-separated frozen layers.")],
-    model: ModelOpt = "shapes",
-    weights: WeightsOpt = "DEFAULT",
+    data_dir: DataOrStore,
+    layers: StoreLayers = None,
+    model: StoreModelOpt = None,
+    weights: StoreWeightsOpt = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of the 1x1 head.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")
                              ] = 0.25,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass and "
-                                            "per training step.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass (none "
+                                            "with a store) and per training step.")] = 16,
     ignore_index: Annotated[str, typer.Option(
         "--ignore-index", help="Mask label left out of training and scores (Pascal VOC's void "
         "border is 255), or 'none'.")] = "255",
@@ -218,12 +258,11 @@ def fit_seg(
     if void is None and ignore_index.strip().lower() != "none":
         raise ConfigError(f"--ignore-index must be a mask label (an integer >= 0) or 'none', "
                           f"got '{printable(ignore_index)}'.")
-    chosen = names(layers, "layers")
     check_fit(epochs, test_fraction, batch_size, 0.05)
-    loaded = load(model, weights, device)
+    data, loaded, chosen = _source(data_dir, layers, model, weights, device)
     bar, tick = progress("fitting")
     with bar:
-        result = fit_seg_head(loaded, data_dir, layers=chosen, epochs=epochs, seed=seed,
+        result = fit_seg_head(loaded, data, layers=chosen, epochs=epochs, seed=seed,
                               test_fraction=test_fraction, batch_size=batch_size,
                               ignore_index=void, progress=tick)
     table(result.title, ("class", "IoU"), result.rows(), right=("IoU",), min_width=60)

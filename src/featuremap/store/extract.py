@@ -179,10 +179,13 @@ def extract_dataset(
 
 
 def _absolute_items(p: Plan) -> list[Any]:
-    """The items with absolute paths: a store compares image lists by absolute path."""
+    """The items with absolute paths (masks too): a store compares image lists by absolute path,
+    and its masks are read from wherever the store is used."""
     import dataclasses
 
-    return [dataclasses.replace(item, path=Path(os.path.abspath(item.path)))
+    return [dataclasses.replace(item, path=Path(os.path.abspath(item.path)),
+                                mask=None if item.mask is None
+                                else Path(os.path.abspath(item.mask)))
             for item in p.collection.items]
 
 

@@ -1,13 +1,15 @@
 """Linear probes: how well a linear classifier reads the classes off each layer's frozen maps.
 
-:func:`probe` runs every requested layer from one forward pass per batch, averages each layer's
-maps over space to one vector per image, and fits one multinomial logistic regression per layer
-on a stratified split, scored on the held-out part: low layers (edges) tell classes apart badly,
-high layers well.
+:func:`probe` runs every requested layer from one forward pass per batch (or reads the maps from
+a store that :func:`featuremap.extract_dataset` wrote), averages each layer's maps over space to
+one vector per image, and fits one multinomial logistic regression per layer on a stratified
+split, scored on the held-out part: low layers (edges) tell classes apart badly, high layers
+well.
 
 Example:
     >>> r = probe(load_model("shapes"), "shapes_data", layers=["backbone.block1",
     ...           "backbone.block4"])  # doctest: +SKIP
+    >>> r = probe(None, "shapes.zarr", layers="backbone.block4")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from featuremap.datasets import Collection, batches, open_collection
+from featuremap.datasets.collection import KIND_TEXT
 from featuremap.errors import ConfigError, printable
 from featuremap.extraction import Extractor, LayerMeta
-from featuremap.model import Model, as_model
+from featuremap.model import Model
 from featuremap.outputs import atomic_paths, check_output
+from featuremap.store import Store
+from featuremap.tasks.fromstore import as_store, folder_model, use_store
 
 __all__ = ["LinearProbe", "ProbeResult", "check_options", "probe"]
 
@@ -217,6 +222,36 @@ def _features(m: Model, extractor: Extractor, collection: Collection, batch_size
             torch.from_numpy(np.concatenate(labels)).long(), skipped)
 
 
+def _stored_features(model: Any, store: Store, layers: str | Sequence[str] | None,
+                     progress: Callable[[int, int], Any] | None
+                     ) -> tuple[str, tuple[str, ...], dict[str, torch.Tensor], torch.Tensor,
+                                dict[str, str]]:
+    """As :func:`_features`, from a store (no forward pass): ``(model name, classes, pooled
+    features, labels, skipped)``; the store's maps are read one chunk at a time."""
+    source = use_store(model, store, layers)
+    header = store.header
+    if store.labels is None or not store.classes:
+        raise ConfigError(f"the store '{source.where}' has no class labels (it was extracted "
+                          f"from '{printable(header.source)}': "
+                          f"{KIND_TEXT.get(header.kind, header.kind)}): a probe needs a store "
+                          "extracted from class folders (DATA_DIR/<class>/<image>).")
+    if len(store.classes) < 2:
+        raise ConfigError(f"the store '{source.where}' has one class ("
+                          f"'{printable(store.classes[0])}'): a probe needs at least 2 classes.")
+    if header.pool not in ("none", "avg"):
+        raise ConfigError(f"the store '{source.where}' holds {header.pool}-pooled maps, but a "
+                          "probe averages each map over space: extract with --pool avg (one "
+                          "average per channel) or --pool none.")
+    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in source.layers}
+    for _, maps in source.chunks(progress):
+        for n, values in maps.items():
+            chunks[n].append(_pool(values, n))
+    labels = torch.from_numpy(np.asarray(store.labels)[source.done]).long()
+    skipped = {store.paths[i]: reason for i, reason in source.skipped().items()}
+    return (source.model_name, tuple(store.classes),
+            {n: torch.cat(v) for n, v in chunks.items()}, labels, skipped)
+
+
 def _split(labels: torch.Tensor, classes: Sequence[str], test_fraction: float, seed: int,
            skipped: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified split: per class a seeded permutation, ``round(n * fraction)`` (>= 1) held out."""
@@ -281,9 +316,9 @@ def check_options(test_fraction: float, batch_size: int, l2: float) -> None:
 
 def probe(
     model: Any,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | Store,
     *,
-    layers: str | Sequence[str],
+    layers: str | Sequence[str] | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
     batch_size: int = 32,
@@ -304,15 +339,26 @@ def probe(
     its readable files (sorted by path) holds out ``round(n * test_fraction)`` of them (at
     least 1, at most ``n - 1``). Same data, seed and machine: same result.
 
+    ``data_dir`` may instead be a store (its folder, or a :class:`~featuremap.store.Store`)
+    that :func:`featuremap.extract_dataset` wrote from class folders, with ``pool="none"`` or
+    ``"avg"``: then no forward pass runs; each layer's stored maps are read one chunk at a time
+    and averaged as above (``"avg"`` stores hold the averages already). The images the
+    extraction could not read are in ``skipped``; an incomplete store is refused. The result
+    equals the one on the folder itself (the same maps, the same split and fit; exactly, for a
+    float32 store extracted with the same batch size).
+
     Args:
-        model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
+        model: a model from :func:`featuremap.load_model` or an ``nn.Module``; with a store,
+            None (the stored maps as they are) or the model that made it (checked: its name,
+            weights digest and preprocessing).
         data_dir: a folder with one sub-folder per class holding image files (any format
             :func:`featuremap.images.load_image` reads; hidden files are ignored; files that
-            cannot be read are skipped and listed in ``skipped``).
-        layers: layer names, globs or regexes (``named_modules()`` paths).
+            cannot be read are skipped and listed in ``skipped``), or a store.
+        layers: layer names, globs or regexes (``named_modules()`` paths); with a store, among
+            its layers (default: all of them).
         test_fraction: share of each class held out, in (0, 1).
         seed: seed of the split.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (unused with a store).
         l2: L2 penalty on the probe weights.
         progress: called as ``progress(files_done, files_total)`` after each batch.
 
@@ -322,8 +368,10 @@ def probe(
     Raises:
         ConfigError: a missing data folder or not a folder, no class sub-folders, fewer than 2
             classes, no readable image, a class with fewer than 2 readable images, bad options,
-            a layer whose output is neither maps nor one vector per image.
-        UnknownNameError: an unknown layer.
+            a layer whose output is neither maps nor one vector per image; for a store: one
+            without class labels, pooled other than none or avg, incomplete, or made with
+            another model than ``model``.
+        UnknownNameError: an unknown layer (for a store: one it does not hold).
 
     Example:
         >>> r = probe(load_model("shapes"), "shapes_data", layers=["backbone.block1",
@@ -332,11 +380,17 @@ def probe(
         {'backbone.block1': 0.46, 'backbone.block4': 1.0}
     """
     check_options(test_fraction, batch_size, l2)
-    m = as_model(model)
-    collection = open_collection(data_dir, kind="classes", min_classes=2, suffixes=None)
-    classes = tuple(collection.classes)
-    extractor = Extractor(m, layers)
-    features, labels, skipped = _features(m, extractor, collection, batch_size, progress)
+    store = as_store(data_dir)
+    if store is None:
+        m = folder_model(model, layers)
+        collection = open_collection(data_dir, kind="classes", min_classes=2, suffixes=None)
+        classes = tuple(collection.classes)
+        extractor = Extractor(m, layers)
+        features, labels, skipped = _features(m, extractor, collection, batch_size, progress)
+        model_name = m.name
+    else:
+        model_name, classes, features, labels, skipped = _stored_features(
+            model, store, layers, progress)
     train, test = _split(labels, classes, test_fraction, seed, len(skipped))
     probes = {}
     for name, x in features.items():
@@ -345,5 +399,5 @@ def probe(
         p.train_accuracy = _accuracy(p, x[train], labels[train])
         p.test_accuracy = _accuracy(p, x[test], labels[test])
         probes[name] = p
-    return ProbeResult(m.name, classes, probes, len(train), len(test), skipped, seed,
+    return ProbeResult(model_name, classes, probes, len(train), len(test), skipped, seed,
                        float(test_fraction), float(l2))

@@ -4,12 +4,15 @@ The dataset streams: images and masks are decoded on a worker thread
 (:func:`featuremap.datasets.batches`) while the backbone runs, each image's maps go once to a
 temporary file on disk (:class:`featuremap.tasks.mapcache.MapCache`), and the epochs read them
 back image by image. Memory stays flat however many images there are
-(``benchmarks/bench_segfit.py`` measures it); the backbone runs once per image.
+(``benchmarks/bench_segfit.py`` measures it); the backbone runs once per image. From a store
+that :func:`featuremap.extract_dataset` wrote, the backbone does not run at all: the stored maps
+go to the same temporary file, one store chunk at a time, with the masks read from their files.
 
 Example:
     >>> save_dataset("shapes_seg", 80, seed=1, layout="segmentation")  # doctest: +SKIP
     >>> result = fit_seg_head(load_model("shapes"), "shapes_seg",  # doctest: +SKIP
     ...                       layers=["backbone.block1", "backbone.block2"])
+    >>> result = fit_seg_head(None, "shapes_seg.zarr")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from featuremap.datasets import Collection, batches, open_collection
-from featuremap.errors import ConfigError, printable
-from featuremap.model import Model, as_model
+from featuremap.datasets.masks import read_mask
+from featuremap.errors import ConfigError, ImageError, printable
+from featuremap.images import load_image
+from featuremap.model import Model
+from featuremap.store import Pooling, Store
+from featuremap.tasks.fromstore import StoreFeatures, as_store, folder_model, use_store
 from featuremap.tasks.mapcache import MapCache
 from featuremap.tasks.seghead import SegHeadResult, head_logits
 from featuremap.tasks.segmentation import native, native_pass
@@ -76,14 +83,77 @@ def _extract(m: Model, layers: list[str], collection: Collection, batch_size: in
                 for k, index in enumerate(group.indices):
                     by_index[int(index)] = ([t[k] for t in maps], group.masks[k])
             for index in sorted(by_index):
-                maps, mask = by_index[index]
-                if not len(cache):
-                    per_image = sum(t.numel() * 4 for t in maps) + mask.size * 4
-                    cache.check_space(per_image * len(collection))
-                cache.add(maps, mask)
-                kept = mask[mask != void]
-                top = max(top, int(kept.max()) if kept.size else -1)
+                top = max(top, _add(cache, *by_index[index], void, len(collection)))
     return [s.item.name for s in stream.skipped], top
+
+
+def _add(cache: MapCache, maps: Sequence[torch.Tensor], mask: np.ndarray, void: int,
+         n_images: int) -> int:
+    """Append one image's maps and mask to ``cache`` (the first one checks that ``n_images``
+    fit on the disk); returns its largest label that is not void (-1: none)."""
+    if not len(cache):
+        per_image = sum(t.numel() * 4 for t in maps) + mask.size * 4
+        cache.check_space(per_image * n_images)
+    cache.add(maps, mask)
+    kept = mask[mask != void]
+    return int(kept.max()) if kept.size else -1
+
+
+def _store_source(model: Any, store: Store, layers: str | Sequence[str] | None,
+                  notes: list[str]) -> StoreFeatures:
+    """Check that a store can feed a head: masks, and maps (a grid pool is noted)."""
+    source = use_store(model, store, layers)
+    header = store.header
+    if header.kind != "pairs" or any(store.masks[i] is None for i in source.done):
+        raise ConfigError(f"the store '{source.where}' has no masks (it was extracted from "
+                          f"'{printable(header.source)}', not from images/ and masks/): fit-seg "
+                          "needs a store of image/mask pairs.")
+    pool = Pooling.parse(header.pool)
+    flat = [k for k in source.layers if len(header.shapes[k]) != 3]
+    if pool.kind != "none" and pool.grid is None:
+        raise ConfigError(f"the store '{source.where}' holds maps pooled to one value per channel "
+                          f"(pool {pool}): a segmentation head needs maps; extract with --pool "
+                          "none (or a grid, e.g. avg8).")
+    if flat:
+        raise ConfigError(f"layer '{printable(flat[0])}' is stored as one vector per image "
+                          f"{tuple(header.shapes[flat[0]])}, not as feature maps (C, H, W): pick "
+                          "layers with maps.")
+    if pool.grid is not None:
+        notes.append(f"the store holds {pool}-pooled maps ({pool.grid} x {pool.grid} per "
+                     "channel): the head reads them upsampled to the masks, coarser than the "
+                     "network's own maps")
+    return source
+
+
+def _read_store(source: StoreFeatures, void: int, cache: MapCache, tick: Callable[[int], None]
+                ) -> tuple[list[str], int]:
+    """As :func:`_extract`, from a store: its maps (chunk by chunk) and the masks from their
+    files. The extraction's failures and unreadable masks are skipped."""
+    store = source.store
+    skipped = {i: store.images[i] for i in source.skipped()}
+    size = _image_size(store.paths[int(source.done[0])])
+    top = -1
+    for indices, maps in source.chunks(lambda done, _total: tick(done)):
+        for k, index in enumerate(indices.tolist()):
+            try:
+                mask = read_mask(store.masks[index], size=size, classes=store.classes,
+                                 ignore_index=None if void < 0 else void)
+            except (ImageError, OSError):
+                skipped[index] = store.images[index]
+                continue
+            size = size or mask.shape
+            top = max(top, _add(cache, [maps[n][k] for n in source.layers], mask, void,
+                                len(source.done)))
+    return [skipped[i] for i in sorted(skipped)], top
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """``(H, W)`` of a stored image (all of a pair store's images share it), None when its file
+    is gone (then the first mask read sets the size the others must have)."""
+    try:
+        return tuple(load_image(path).shape[1:])  # type: ignore[return-value]
+    except (ImageError, OSError):
+        return None
 
 
 def _items(cache: MapCache, indices: Sequence[int]
@@ -206,9 +276,9 @@ def _void_pixels(cache: MapCache, indices: Sequence[int], void: int) -> int:
 
 def fit_seg_head(
     model: Any,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | Store,
     *,
-    layers: str | Sequence[str],
+    layers: str | Sequence[str] | None = None,
     epochs: int = 30,
     seed: int = 0,
     test_fraction: float = 0.25,
@@ -236,14 +306,25 @@ def fit_seg_head(
     from one confusion matrix summed over the held-out pixels. A class without pixels in the
     held-out masks gets IoU NaN and is left out of the mIoU. Deterministic for a seed.
 
+    ``data_dir`` may instead be a store (its folder, or a :class:`~featuremap.store.Store`)
+    that :func:`featuremap.extract_dataset` wrote from such a folder: then no forward pass runs;
+    the stored maps (``pool="none"``; a grid such as ``"avg8"`` is used too, upsampled like any
+    map, with a note; ``"avg"``/``"max"`` vectors are refused) are read one chunk at a time and
+    the masks from the files the store names. The extraction's failures are in ``skipped``; an
+    incomplete store is refused. With ``pool="none"`` and float32 the result equals the one on
+    the folder (exactly, when the store was extracted with the same batch size).
+
     Args:
-        model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
-        data_dir: the folder with ``images/`` and ``masks/``.
-        layers: layer names, globs or regexes whose outputs are feature maps.
+        model: a model from :func:`featuremap.load_model` or an ``nn.Module``; with a store,
+            None (the stored maps as they are) or the model that made it (checked: its name,
+            weights digest and preprocessing).
+        data_dir: the folder with ``images/`` and ``masks/``, or a store.
+        layers: layer names, globs or regexes whose outputs are feature maps; with a store,
+            among its layers (default: all of them).
         epochs: passes over the training images.
         seed: seeds the split, the head's initialisation and the shuffles.
         test_fraction: share of the images held out (at least one image each side).
-        batch_size: images per forward pass and per optimiser step.
+        batch_size: images per forward pass (none with a store) and per optimiser step.
         lr: Adam's learning rate.
         ignore_index: the label of pixels to leave out (``None``: every label is a class).
         progress: called as ``progress(done, total)`` after each batch of images read (``done``
@@ -257,46 +338,61 @@ def fit_seg_head(
         ConfigError: no ``images/`` or ``masks/`` folder, an image without its mask or a mask
             without its image (the first 3 named), a mask whose size differs from its image's,
             a colour (RGB) mask, labels beyond ``classes.txt``, fewer than 2 readable pairs, bad
-            settings, layers that are not feature maps, maps that would not fit on the disk.
-        UnknownNameError: an unknown layer.
+            settings, layers that are not feature maps, maps that would not fit on the disk; for
+            a store: one without masks, pooled to vectors, incomplete, or made with another
+            model than ``model``.
+        UnknownNameError: an unknown layer (for a store: one it does not hold).
     """
     check_fit(epochs, test_fraction, batch_size, lr)
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(
             ignore_index, int) or ignore_index < 0):
         raise ConfigError(f"ignore_index must be a label >= 0 or None, got {ignore_index!r}.")
     void = -1 if ignore_index is None else int(ignore_index)
-    root = Path(data_dir).expanduser()
-    m = as_model(model)
-    names = m.resolve(layers)
-    collection = open_collection(root, kind="pairs")
-    total = len(collection) + epochs
+    notes: list[str] = []
+    store = as_store(data_dir)
+    if store is None:
+        root = Path(data_dir).expanduser()
+        m = folder_model(model, layers)
+        names = m.resolve(layers)
+        collection = open_collection(root, kind="pairs")
+        n_items, classes, where, model_name = len(collection), collection.classes, root, m.name
+
+        def fill(cache: MapCache, tick: Callable[[int], None]) -> tuple[list[str], int]:
+            return _extract(m, names, collection, batch_size, void, cache, tick, notes)
+    else:
+        source = _store_source(model, store, layers, notes)
+        names, n_items, where, model_name = (source.layers, len(store), store.path,
+                                             source.model_name)
+        classes = store.classes
+
+        def fill(cache: MapCache, tick: Callable[[int], None]) -> tuple[list[str], int]:
+            return _read_store(source, void, cache, tick)
+    total = n_items + epochs
 
     def tick(done: int) -> None:
         if progress is not None:
             progress(done, total)
 
-    notes: list[str] = []
     with MapCache() as cache:
-        skipped, top = _extract(m, names, collection, batch_size, void, cache, tick, notes)
+        skipped, top = fill(cache, tick)
         if len(cache) < 2:
-            raise ConfigError(f"{len(cache)} readable image/mask pair(s) in '{printable(root)}' "
+            raise ConfigError(f"{len(cache)} readable image/mask pair(s) in '{printable(where)}' "
                               f"({len(skipped)} unreadable skipped): fitting and testing need "
                               "at least 2.")
         if top < 0:
-            raise ConfigError(f"every mask pixel in '{printable(root)}' is labelled {void} "
+            raise ConfigError(f"every mask pixel in '{printable(where)}' is labelled {void} "
                               "(ignore_index): nothing to learn from.")
-        classes = collection.classes
         labels = list(classes) if classes else [f"class {i}" for i in range(top + 1)]
         train, test = _split(len(cache), float(test_fraction), seed)
         weight, bias, history = _train_head(
             cache, train, len(labels), epochs=epochs, lr=float(lr), seed=seed,
-            batch_size=batch_size, tick=lambda e: tick(len(collection) + e), void=void)
+            batch_size=batch_size, tick=lambda e: tick(n_items + e), void=void)
         confusion, ignored_test = _evaluate(weight, bias, cache, test, len(labels), void)
         ignored = ignored_test + _void_pixels(cache, train, void)
         channels = [t.shape[1] for t in cache.get(0)[0]]
     iou, miou, accuracy = iou_scores(confusion, labels)
     return SegHeadResult(
-        weight, bias, labels, names, channels, m.name, iou, miou, accuracy, confusion,
+        weight, bias, labels, names, channels, model_name, iou, miou, accuracy, confusion,
         len(train), len(test), skipped, {n: int(c) for n, c in zip(labels, confusion.sum(1))},
         history, int(seed), epochs, float(lr), ignore_index=None if void < 0 else void,
         ignored_pixels=ignored, notes=notes)
