@@ -153,7 +153,7 @@ def test_probe_refuses_stores_it_cannot_use(shapes, classes, pair_store, tmp_pat
         probe(None, pair_store)
     out = extract_dataset(shapes, classes, layers="backbone.block4", pool="max",
                           out=tmp_path / "max.zarr").path
-    with pytest.raises(ConfigError, match="holds max-pooled maps.*--pool avg"):
+    with pytest.raises(ConfigError, match="max-pooled, but a probe.*--pool avg"):
         probe(None, out)
     with pytest.raises(ConfigError, match="needs a model"):
         probe(None, classes, layers="backbone.block4")
@@ -205,7 +205,7 @@ def test_fit_seg_pooled_stores(shapes, tmp_path):
     grid = extract_dataset(shapes, data, layers=["backbone.block2", "classifier.fc"],
                            pool="avg4", out=tmp_path / "grid.zarr").path
     result = fit_seg_head(None, grid, layers="backbone.block2", epochs=1)
-    assert result.channels == [32] and any("avg4-pooled maps (4 x 4" in n for n in result.notes)
+    assert result.channels == [32] and any("avg4-pooled (4 x 4" in n for n in result.notes)
     with pytest.raises(ConfigError, match=r"layer 'classifier.fc' is stored as one vector per "
                                           r"image \(7,\)"):
         fit_seg_head(None, grid, epochs=1)

@@ -238,10 +238,12 @@ def _stored_features(model: Any, store: Store, layers: str | Sequence[str] | Non
     if len(store.classes) < 2:
         raise ConfigError(f"the store '{source.where}' has one class ("
                           f"'{printable(store.classes[0])}'): a probe needs at least 2 classes.")
-    if header.pool not in ("none", "avg"):
-        raise ConfigError(f"the store '{source.where}' holds {header.pool}-pooled maps, but a "
-                          "probe averages each map over space: extract with --pool avg (one "
-                          "average per channel) or --pool none.")
+    other = [k for k in source.layers if header.pool.get(k, "none") not in ("none", "avg")]
+    if other:
+        raise ConfigError(f"the store '{source.where}' holds layer '{printable(other[0])}' "
+                          f"{header.pool[other[0]]}-pooled, but a probe averages each map over "
+                          "space: extract with --pool avg (one average per channel) or --pool "
+                          "none.")
     chunks: dict[str, list[torch.Tensor]] = {n: [] for n in source.layers}
     for _, maps in source.chunks(progress):
         for n, values in maps.items():

@@ -108,20 +108,22 @@ def _store_source(model: Any, store: Store, layers: str | Sequence[str] | None,
         raise ConfigError(f"the store '{source.where}' has no masks (it was extracted from "
                           f"'{printable(header.source)}', not from images/ and masks/): fit-seg "
                           "needs a store of image/mask pairs.")
-    pool = Pooling.parse(header.pool)
+    pools = {k: Pooling.parse(header.pool.get(k, "none")) for k in source.layers}
     flat = [k for k in source.layers if len(header.shapes[k]) != 3]
-    if pool.kind != "none" and pool.grid is None:
-        raise ConfigError(f"the store '{source.where}' holds maps pooled to one value per channel "
-                          f"(pool {pool}): a segmentation head needs maps; extract with --pool "
-                          "none (or a grid, e.g. avg8).")
+    for name, pool in pools.items():
+        if pool.kind != "none" and pool.grid is None:
+            raise ConfigError(f"the store '{source.where}' holds layer '{printable(name)}' "
+                              f"pooled to one value per channel (pool {pool}): a segmentation "
+                              "head needs maps; extract with --pool none (or a grid, e.g. avg8).")
     if flat:
         raise ConfigError(f"layer '{printable(flat[0])}' is stored as one vector per image "
                           f"{tuple(header.shapes[flat[0]])}, not as feature maps (C, H, W): pick "
                           "layers with maps.")
-    if pool.grid is not None:
-        notes.append(f"the store holds {pool}-pooled maps ({pool.grid} x {pool.grid} per "
-                     "channel): the head reads them upsampled to the masks, coarser than the "
-                     "network's own maps")
+    for name, pool in pools.items():
+        if pool.grid is not None:
+            notes.append(f"the store holds layer '{name}' {pool}-pooled ({pool.grid} x "
+                         f"{pool.grid} per channel): the head reads it upsampled to the masks, "
+                         "coarser than the network's own maps")
     return source
 
 
