@@ -165,16 +165,23 @@ def extract_dataset(
         from featuremap.model import as_model
 
         model = as_model(model).to(device)
+    if engine == "ray" and not dry_run:
+        from featuremap.store.distributed import check_ray
+
+        check_ray(address, actors)
     p = plan(model, source, layers=layers, out=out, pool=pool, dtype=dtype,
              batch_size=batch_size, workers=workers, compression=compression, kind=kind)
     if dry_run:
         return _dry_run(p, overwrite)
-    _check_free(p, _pending_images(p, overwrite))
-    opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
+    pending = _pending_images(p, overwrite)
+    _check_free(p, pending)
     if engine == "ray":
-        from featuremap.store.distributed import run_ray
+        from featuremap.store.distributed import ray_running, run_ray
 
-        return run_ray(p, opened, address=address, actors=actors, progress=progress)
+        with ray_running(address, actors, needed=pending > 0):  # before the store is touched
+            opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
+            return run_ray(p, opened, address=address, actors=actors, progress=progress)
+    opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
     return run_local(p, opened, progress=progress)
 
 
@@ -333,9 +340,7 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
     except KeyboardInterrupt:
         _close(writer)
         store.finish(_absolute_items(p))
-        raise Interrupted(f"{writer.written + writer.failed + already:,} of "
-                          f"{p.header.n_images:,} images are stored in '{printable(p.out)}'; run "
-                          "the same command to resume") from None
+        raise interrupted(p, writer.written + writer.failed + already) from None
     except OSError as error:  # from the writer thread (put re-raises its error here)
         _close(writer)
         _raise_write(error, p, writer.written + writer.failed + already)
@@ -349,10 +354,22 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
         store.finish(_absolute_items(p))
     except OSError as error:
         _raise_write(error, p, writer.written + writer.failed + already)
+    return make_result(p, writer.written, writer.failed, already, writer.failures, began,
+                       "local")
+
+
+def make_result(p: Plan, done: int, failed: int, already: int, failures: Mapping[int, str],
+                began: float, engine: str) -> ExtractResult:
+    """The result of a run that started at ``began`` (``time.perf_counter()``)."""
     return ExtractResult(p.out, {k: tuple(v) for k, v in p.header.shapes.items()},
-                         p.header.n_images, writer.written, writer.failed, already,
-                         failures_by_name(p, writer.failures),
-                         time.perf_counter() - began, "local", list(p.notes))
+                         p.header.n_images, done, failed, already, failures_by_name(p, failures),
+                         time.perf_counter() - began, engine, list(p.notes))
+
+
+def interrupted(p: Plan, stored: int) -> Interrupted:
+    """Ctrl-C's message: how many images the store keeps, and how to resume."""
+    return Interrupted(f"{stored:,} of {p.header.n_images:,} images are stored in "
+                       f"'{printable(p.out)}'; run the same command to resume")
 
 
 def _close(writer: _Writer) -> None:
