@@ -27,7 +27,7 @@ from clirun import run_error, run_ok
 from featuremap import load_model
 from featuremap.bundled.scenes import save_dataset
 from featuremap.errors import ConfigError
-from featuremap.store import StoreWriter, extract_dataset, open_store, plan
+from featuremap.store import Interrupted, StoreWriter, extract_dataset, open_store, plan
 from featuremap.store.distributed import run_ray
 from featuremap.store.extract import _absolute_items
 
@@ -172,6 +172,25 @@ def test_ray_finishes_a_store_the_local_engine_left_half_done(local_ray, data, m
     assert_same_store(out, reference)
     again = extract_dataset(model, data, layers=LAYERS, out=out, batch_size=BATCH, engine="ray")
     assert (again.done, again.failed, again.already) == (0, 0, SCENES + 1)
+    assert_same_store(out, reference)
+
+
+def test_ctrl_c_keeps_what_ray_stored_and_the_local_engine_finishes_it(local_ray, data, model,
+                                                                      reference, tmp_path):
+    out = tmp_path / "interrupted.zarr"
+
+    def interrupt(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"^(6|12|18|21) of 21 images are stored") as info:
+        extract_dataset(model, data, layers=LAYERS, out=out, batch_size=BATCH, engine="ray",
+                        progress=interrupt)
+    stored = int(str(info.value).split()[0])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["pending"] == SCENES + 1 - stored
+    r = extract_dataset(model, data, layers=LAYERS, out=out, batch_size=BATCH)
+    assert (r.engine, r.already) == ("local", stored)
     assert_same_store(out, reference)
 
 

@@ -150,18 +150,44 @@ def _connect(ray: Any, address: str | None, actors: int) -> None:
     """Join the cluster at ``address``, or start a local Ray."""
     settings: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address is None:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # A pool that takes every CPU leaves none to the read tasks and stalls (ray#44687).
         cpus = max(os.cpu_count() or 1, actors + 1)
         settings.update(num_cpus=cpus, include_dashboard=False)
     else:
         settings["address"] = address
     try:
-        ray.init(**settings)
+        with _local_environment(local=address is None):
+            ray.init(**settings)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         where = "start a local Ray" if address is None else (
             f"join the Ray cluster at '{printable(address)}'")
         raise ConfigError(f"could not {where}: {printable(_first_line(error))}") from None
+
+
+@contextlib.contextmanager
+def _local_environment(*, local: bool) -> Iterator[None]:
+    """While a local Ray starts (its processes inherit this environment): the folder this
+    featuremap was imported from first on ``PYTHONPATH``, so that its workers unpickle this
+    code and not another installed copy; no usage statistics. Restored afterwards."""
+    if not local:
+        yield
+        return
+    import featuremap
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(featuremap.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    changes = {"PYTHONPATH": os.pathsep.join([here] + ([path] if path else [])),
+               "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_reachable(address: str) -> None:
@@ -262,12 +288,21 @@ def _rows(ray: Any, p: Plan, store: StoreWriter, chunks: list[tuple[int, int]], 
     stored = 0
     if progress is not None:
         progress(0, total)
-    for row in ds.iter_rows():
-        stored += int(row["stop"]) - int(row["start"])
-        if progress is not None:
-            progress(stored, total)
-        yield {"done": int(row["done"]), "failed": int(row["failed"]),
-               "failures": {int(k): v for k, v in json.loads(row["failures"]).items()}}
+    # block by block as each is computed (iter_rows holds one back)
+    blocks = iter(ds.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"))
+    try:
+        for rows in blocks:
+            for i in range(len(rows["start"])):
+                stored += int(rows["stop"][i]) - int(rows["start"][i])
+                if progress is not None:
+                    progress(stored, total)
+                yield {"done": int(rows["done"][i]), "failed": int(rows["failed"][i]),
+                       "failures": {int(k): v
+                                    for k, v in json.loads(rows["failures"][i]).items()}}
+    finally:  # Ctrl-C, an error: stop the pipeline and its actors now, not when collected
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _put_plan(ray: Any, p: Plan) -> Any:
