@@ -190,7 +190,8 @@ def test_ctrl_c_keeps_what_ray_stored_and_the_local_engine_finishes_it(local_ray
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["pending"] == SCENES + 1 - stored
     r = extract_dataset(model, data, layers=LAYERS, out=out, batch_size=BATCH)
-    assert (r.engine, r.already) == ("local", stored)
+    # an actor may record the chunk it was writing in the moment Ray takes to stop it
+    assert r.engine == "local" and r.already >= stored
     assert_same_store(out, reference)
 
 

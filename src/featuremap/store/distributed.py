@@ -18,16 +18,18 @@ interruption computes only the chunks without one. Actors that die (a killed pro
 node) are restarted by Ray and their chunk is computed again; writing a chunk twice writes the
 same bytes, so every image ends up stored once.
 
-Ray: ``address=None`` joins the Ray this process already started (``ray.init()``), else starts a
-local one (no dashboard; ``RAY_TMPDIR`` chooses its temporary folder) and shuts it down at the
-end; an address joins that cluster (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``). Each
-actor takes one CPU, and one GPU when the model is on CUDA. On a cluster every machine must
-see the images and the store at the same path (shared storage; see docs/cluster.md).
+Ray: ``address=None`` joins the Ray this process already started (``ray.init()``), else the
+cluster ``RAY_ADDRESS`` names, else starts a local one (no dashboard; ``RAY_TMPDIR`` chooses its
+temporary folder) and shuts it down at the end; an address joins that cluster (``"auto"``,
+``"HOST:6379"``, ``"ray://HOST:10001"``). Each actor takes one CPU, and one GPU when the model
+is on CUDA. On a cluster every machine must see the images and the store at the same path
+(shared storage; see docs/cluster.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -36,6 +38,7 @@ import pickle
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from featuremap.datasets import batches
@@ -76,9 +79,15 @@ def check_ray(address: str | None, actors: int) -> Any:
     if isinstance(actors, bool) or not isinstance(actors, int) or not 1 <= actors <= MAX_ACTORS:
         raise ConfigError(f"actors must be an integer from 1 to {MAX_ACTORS:,}, got {actors!r}.")
     ray = _ray()
-    if address is not None and not ray.is_initialized():
-        _check_reachable(address)
+    if _address(address) is not None and not ray.is_initialized():
+        _check_reachable(_address(address), "--address" if address else "RAY_ADDRESS")
     return ray
+
+
+def _address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS`` (set for a Ray job's command),
+    else None (a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def run_ray(p: Plan, opened: Opened, *, address: str | None = None, actors: int = 1,
@@ -87,8 +96,8 @@ def run_ray(p: Plan, opened: Opened, *, address: str | None = None, actors: int 
 
     Args:
         p: the checked plan; opened: the store (:meth:`StoreWriter.open`).
-        address: a Ray cluster to join (default: the Ray this process runs, else a new local
-            one, shut down at the end).
+        address: a Ray cluster to join (default: the Ray this process runs, else
+            ``RAY_ADDRESS``, else a new local one, shut down at the end).
         actors: actors in the pool, each holding the model once.
         progress: ``progress(done, total)`` in images, as chunks are stored.
 
@@ -139,7 +148,7 @@ def ray_running(address: str | None, actors: int, *, needed: bool = True) -> Ite
     if not needed or ray.is_initialized():
         yield
         return
-    _connect(ray, address, actors)
+    _connect(ray, _address(address), actors)
     try:
         yield
     finally:
@@ -190,21 +199,22 @@ def _local_environment(*, local: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str, given_by: str) -> None:
     """A plain ``HOST:PORT`` must accept a connection within seconds (``ray.init`` would wait
     a minute or more for an address where nothing listens)."""
     if address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--address must be HOST:PORT (the head's GCS port, 6379 by "
+        raise ConfigError(f"{given_by} must be HOST:PORT (the head's GCS port, 6379 by "
                           f"default), 'auto' or ray://HOST:PORT, got '{printable(address)}'.")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:
+        fix = "leave --address out" if given_by == "--address" else f"unset {given_by}"
         raise ConfigError(f"no Ray cluster answers at '{printable(address)}' "
                           f"({printable(error.strerror or error)}): start one with 'ray start "
-                          "--head' there, or leave --address out for a local Ray.") from None
+                          f"--head' there, or {fix} for a local Ray.") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -277,7 +287,8 @@ def _rows(ray: Any, p: Plan, store: StoreWriter, chunks: list[tuple[int, int]], 
     # decoded chunk, tells them apart), so that decoding overlaps computing.
     chunk_bytes = 4 * p.batch_size * math.prod(p.input_shape)
     ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=2 * chunk_bytes,
-                        fn_kwargs={"collection": p.collection, "preprocess": p.preprocess,
+                        fn_kwargs={"items": _readable_items(p),
+                                   "reader": p.collection.reader(preprocess=p.preprocess),
                                    "workers": p.workers})
     # Ray Data restarts a dead actor and retries its task (max_restarts and max_task_retries
     # are -1 by default for actor pools). The plan travels as a reference, put once.
@@ -318,12 +329,19 @@ def _put_plan(ray: Any, p: Plan) -> Any:
         p.model.module.to(device)
 
 
-def _decode(rows: dict[str, Any], *, collection: Any, preprocess: Any, workers: int
+def _readable_items(p: Plan) -> list[Any]:
+    """The images and masks by absolute path: workers on other machines start elsewhere."""
+    return [item if item.mask is None else
+            dataclasses.replace(item, mask=Path(os.path.abspath(item.mask)))
+            for item in _absolute_items(p)]
+
+
+def _decode(rows: dict[str, Any], *, items: list[Any], reader: Any, workers: int
             ) -> dict[str, list[Any]]:
     """Read the images of one chunk (a Ray task): the decoded batch, pickled."""
     start, stop = int(rows["start"][0]), int(rows["stop"][0])
-    with batches(collection.items[start:stop], load=collection.reader(preprocess=preprocess),
-                 batch_size=stop - start, workers=workers) as stream:
+    with batches(items[start:stop], load=reader, batch_size=stop - start,
+                 workers=workers) as stream:
         batch = _reindexed(next(iter(stream)), start)
     return {"start": [start], "stop": [stop],
             "batch": [pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)]}

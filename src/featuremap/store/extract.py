@@ -319,7 +319,8 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
     store = opened.writer
     chunks = store.pending_chunks(opened.finished)
     already = p.header.n_images - sum(stop - start for start, stop in chunks)
-    items = [item for start, stop in chunks for item in p.collection.items[start:stop]]
+    absolute = _absolute_items(p)  # as the Ray engine reads them: failures name the same
+    items = [item for start, stop in chunks for item in absolute[start:stop]]
     extractor = Extractor(p.model, p.layers, reuse_buffers=True)
     writer = _Writer(store)
     total = len(items)
