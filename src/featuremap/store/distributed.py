@@ -29,7 +29,6 @@ is on CUDA. On a cluster every machine must see the images and the store at the 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -38,7 +37,6 @@ import pickle
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from featuremap.datasets import batches
@@ -287,7 +285,8 @@ def _rows(ray: Any, p: Plan, store: StoreWriter, chunks: list[tuple[int, int]], 
     # decoded chunk, tells them apart), so that decoding overlaps computing.
     chunk_bytes = 4 * p.batch_size * math.prod(p.input_shape)
     ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=2 * chunk_bytes,
-                        fn_kwargs={"items": _readable_items(p),
+                        # images and masks by absolute path: workers elsewhere start elsewhere
+                        fn_kwargs={"items": _absolute_items(p),
                                    "reader": p.collection.reader(preprocess=p.preprocess),
                                    "workers": p.workers})
     # Ray Data restarts a dead actor and retries its task (max_restarts and max_task_retries
@@ -327,13 +326,6 @@ def _put_plan(ray: Any, p: Plan) -> Any:
         return ray.put(p)
     finally:
         p.model.module.to(device)
-
-
-def _readable_items(p: Plan) -> list[Any]:
-    """The images and masks by absolute path: workers on other machines start elsewhere."""
-    return [item if item.mask is None else
-            dataclasses.replace(item, mask=Path(os.path.abspath(item.mask)))
-            for item in _absolute_items(p)]
 
 
 def _decode(rows: dict[str, Any], *, items: list[Any], reader: Any, workers: int
