@@ -44,12 +44,12 @@ from featuremap.errors import ConfigError, FeaturemapError, printable
 from featuremap.store.extract import (
     ExtractResult,
     Progress,
-    _absolute_items,
-    _raise_write,
-    _reindexed,
+    absolute_items,
     compute_chunk,
     interrupted,
     make_result,
+    raise_write,
+    reindexed,
 )
 from featuremap.store.manifest import DONE, PENDING
 from featuremap.store.plan import Plan
@@ -120,14 +120,14 @@ def run_ray(p: Plan, opened: Opened, *, address: str | None = None, actors: int 
                     failed += row["failed"]
                     failures.update(row["failures"])
         except KeyboardInterrupt:
-            status, _ = store.finish(_absolute_items(p))
+            status, _ = store.finish(absolute_items(p))
             raise interrupted(p, int((status != PENDING).sum())) from None
         except Exception as error:
-            _raise_write(_cause(error), p, already + done + failed)
+            raise_write(_cause(error), p, already + done + failed)
     try:
-        store.finish(_absolute_items(p))
+        store.finish(absolute_items(p))
     except OSError as error:
-        _raise_write(error, p, already + done + failed)
+        raise_write(error, p, already + done + failed)
     return make_result(p, done, failed, already, failures, began, "ray")
 
 
@@ -286,7 +286,7 @@ def _rows(ray: Any, p: Plan, store: StoreWriter, chunks: list[tuple[int, int]], 
     chunk_bytes = 4 * p.batch_size * math.prod(p.input_shape)
     ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=2 * chunk_bytes,
                         # images and masks by absolute path: workers elsewhere start elsewhere
-                        fn_kwargs={"items": _absolute_items(p),
+                        fn_kwargs={"items": absolute_items(p),
                                    "reader": p.collection.reader(preprocess=p.preprocess),
                                    "workers": p.workers})
     # Ray Data restarts a dead actor and retries its task (max_restarts and max_task_retries
@@ -334,7 +334,7 @@ def _decode(rows: dict[str, Any], *, items: list[Any], reader: Any, workers: int
     start, stop = int(rows["start"][0]), int(rows["stop"][0])
     with batches(items[start:stop], load=reader, batch_size=stop - start,
                  workers=workers) as stream:
-        batch = _reindexed(next(iter(stream)), start)
+        batch = reindexed(next(iter(stream)), start)
     return {"start": [start], "stop": [stop],
             "batch": [pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)]}
 

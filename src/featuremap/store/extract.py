@@ -179,13 +179,13 @@ def extract_dataset(
         from featuremap.store.distributed import ray_running, run_ray
 
         with ray_running(address, actors, needed=pending > 0):  # before the store is touched
-            opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
+            opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite)
             return run_ray(p, opened, address=address, actors=actors, progress=progress)
-    opened = StoreWriter.open(p.out, p.header, _absolute_items(p), overwrite=overwrite)
+    opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite)
     return run_local(p, opened, progress=progress)
 
 
-def _absolute_items(p: Plan) -> list[Any]:
+def absolute_items(p: Plan) -> list[Any]:
     """The items with absolute paths (masks too): a store compares image lists by absolute path,
     and its masks are read from wherever the store is used."""
     import dataclasses
@@ -319,7 +319,7 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
     store = opened.writer
     chunks = store.pending_chunks(opened.finished)
     already = p.header.n_images - sum(stop - start for start, stop in chunks)
-    absolute = _absolute_items(p)  # as the Ray engine reads them: failures name the same
+    absolute = absolute_items(p)  # as the Ray engine reads them: failures name the same
     items = [item for start, stop in chunks for item in absolute[start:stop]]
     extractor = Extractor(p.model, p.layers, reuse_buffers=True)
     writer = _Writer(store)
@@ -333,28 +333,28 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
         with batches(items, load=p.collection.reader(preprocess=p.preprocess),
                      batch_size=p.batch_size, workers=p.workers) as stream:
             for batch, (start, stop) in zip(stream, chunks):
-                batch = _reindexed(batch, start)
+                batch = reindexed(batch, start)
                 writer.put((start,) + compute_chunk(p, extractor, batch, start, stop))
                 stored += stop - start
                 if progress is not None:
                     progress(stored, total)
     except KeyboardInterrupt:
         _close(writer)
-        store.finish(_absolute_items(p))
+        store.finish(absolute_items(p))
         raise interrupted(p, writer.written + writer.failed + already) from None
     except OSError as error:  # from the writer thread (put re-raises its error here)
         _close(writer)
-        _raise_write(error, p, writer.written + writer.failed + already)
+        raise_write(error, p, writer.written + writer.failed + already)
     except BaseException:
         _close(writer)
         raise
     _close(writer)
     if writer.error is not None:
-        _raise_write(writer.error, p, writer.written + writer.failed + already)
+        raise_write(writer.error, p, writer.written + writer.failed + already)
     try:
-        store.finish(_absolute_items(p))
+        store.finish(absolute_items(p))
     except OSError as error:
-        _raise_write(error, p, writer.written + writer.failed + already)
+        raise_write(error, p, writer.written + writer.failed + already)
     return make_result(p, writer.written, writer.failed, already, writer.failures, began,
                        "local")
 
@@ -380,13 +380,13 @@ def _close(writer: _Writer) -> None:
         writer.join()
 
 
-def _raise_write(error: BaseException, p: Plan, stored: int) -> None:
+def raise_write(error: BaseException, p: Plan, stored: int) -> None:
     if isinstance(error, OSError):
         raise disk_error(error, p.out, stored, p.header.n_images) from None
     raise error
 
 
-def _reindexed(batch: Any, start: int) -> Any:
+def reindexed(batch: Any, start: int) -> Any:
     """A batch of the pending items, its indices moved to the images' places in the dataset.
 
     The stream numbers the pending items 0 .. M-1; each batch covers exactly one pending chunk

@@ -27,7 +27,7 @@ from featuremap.store.manifest import (
     read_json,
     read_records,
 )
-from featuremap.store.writer import StoreWriter, _zarr
+from featuremap.store.writer import StoreWriter, zarr_module
 
 
 @dataclass
@@ -154,7 +154,7 @@ def open_store(path: str | os.PathLike[str]) -> Store:
     header = Header.from_dict(manifest["header"])
     entries = manifest.get("images", [])
     status, failures = StoreWriter(root, header).status(read_records(root))
-    zarr = _zarr()
+    zarr = zarr_module()
     try:
         group = zarr.open_group(str(root), mode="r", zarr_format=3)
     except (OSError, ValueError, KeyError) as error:

@@ -46,7 +46,7 @@ class StoreError(FeaturemapError):
     the same command resumes."""
 
 
-def _zarr() -> Any:
+def zarr_module() -> Any:
     try:
         import zarr
     except ImportError:  # pragma: no cover - zarr is a dependency
@@ -155,7 +155,7 @@ class StoreWriter:
 
         The store is made in a temporary folder beside its place and renamed into it, so an
         interrupted creation leaves nothing behind."""
-        zarr = _zarr()
+        zarr = zarr_module()
         h = self.header
         final = self.root
         try:
@@ -208,7 +208,7 @@ class StoreWriter:
     def arrays(self) -> dict[str, Any]:
         """The layer arrays and ``status``, opened once per process."""
         if self._arrays is None:
-            zarr = _zarr()
+            zarr = zarr_module()
             group = zarr.open_group(str(self.root), mode="r+", zarr_format=3)
             self._arrays = {layer: group["maps"][layer] for layer in self.header.layers}
             self._arrays["status"] = group["status"]
