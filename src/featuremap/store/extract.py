@@ -170,7 +170,8 @@ def extract_dataset(
 
         check_ray(address, actors)
     p = plan(model, source, layers=layers, out=out, pool=pool, dtype=dtype,
-             batch_size=batch_size, workers=workers, compression=compression, kind=kind)
+             batch_size=batch_size, workers=workers, compression=compression, kind=kind,
+             reuse=not overwrite)
     if dry_run:
         return _dry_run(p, overwrite)
     pending = _pending_images(p, overwrite)
@@ -186,14 +187,8 @@ def extract_dataset(
 
 
 def absolute_items(p: Plan) -> list[Any]:
-    """The items with absolute paths (masks too): a store compares image lists by absolute path,
-    and its masks are read from wherever the store is used."""
-    import dataclasses
-
-    return [dataclasses.replace(item, path=Path(os.path.abspath(item.path)),
-                                mask=None if item.mask is None
-                                else Path(os.path.abspath(item.mask)))
-            for item in p.collection.items]
+    """The images with absolute paths (see :attr:`Plan.items`)."""
+    return p.items
 
 
 def _pending_images(p: Plan, overwrite: bool) -> int:

@@ -8,6 +8,9 @@ destination, and says whether the run fits.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import os
 import shutil
 import time
@@ -63,6 +66,15 @@ class Plan:
     input_shape: tuple[int, int, int]
     notes: list[str] = field(default_factory=list)
 
+    @functools.cached_property
+    def items(self) -> list[Any]:
+        """The images with absolute paths (masks too): a store compares image lists by absolute
+        path, and its masks are read from wherever the store is used."""
+        return [dataclasses.replace(item, path=Path(os.path.abspath(item.path)),
+                                    mask=None if item.mask is None
+                                    else Path(os.path.abspath(item.mask)))
+                for item in self.collection.items]
+
     @property
     def bytes_per_image(self) -> dict[str, int]:
         """Bytes of one image's stored values, per layer (before compression)."""
@@ -93,8 +105,13 @@ def check_settings(batch_size: Any, workers: Any, dtype: Any, compression: Any) 
 
 def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
          pool: Any = "none", dtype: str = "float32", batch_size: int = 32, workers: int = 1,
-         compression: str = "zstd", kind: str = "auto") -> Plan:
+         compression: str = "zstd", kind: str = "auto", reuse: bool = True) -> Plan:
     """Resolve and check an extraction (see :func:`featuremap.store.extract_dataset`).
+
+    The stored shapes come from one pass on zeros; with ``reuse``, a store already at ``out``
+    made the same way (model, weights, preprocessing, layers, pooling, dtype, chunk,
+    compression) gives them instead, and its run was checked against memory when it began:
+    resuming a finished store costs no forward pass.
 
     Raises:
         ConfigError: bad settings, a source that holds no images, a layer whose output is
@@ -114,24 +131,40 @@ def plan(model: Any, source: Any, *, layers: Any, out: str | os.PathLike[str],
         pre = Preprocess(resize=None, crop=None, mean=pre.mean, std=pre.std,
                          channels=pre.channels)
     input_shape = _input_shape(m, pre, collection)
-    shapes, captured = _stored_shapes(m, names, input_shape, spec)
-    in_flight = batch_size * (4 * int(np.prod(input_shape)) * (2 + 1)  # decoded ahead + now
-                              + captured  # the kept maps of one pass
-                              + 4 * DTYPES[dtype] * sum(int(np.prod(v))
-                                                              for v in shapes.values()))
-    check_size(in_flight, what=f"a batch of {batch_size} images in flight (decoded images, "
-               "the maps of one pass, chunks waiting to be written)",
-               fix="lower --batch-size or pool the maps")
     header = Header(
         model=m.name, weights=m.weights, weights_sha256=weights_digest(m.module),
-        preprocess=pre.to_dict(), layers=list(names),
-        shapes={k: list(v) for k, v in shapes.items()},
+        preprocess=pre.to_dict(), layers=list(names), shapes={},
         pool={k: str(v) for k, v in spec.items()}, dtype=dtype,
         compression=compression, chunk=batch_size, source=printable(os.fspath(collection.source)),
         kind=collection.kind, classes=list(collection.classes) if collection.classes else None,
         n_images=len(collection), featuremap_version=featuremap.__version__)
+    known = _existing_shapes(Path(out), header) if reuse else None
+    if known is not None:
+        header.shapes = known
+    else:
+        shapes, captured = _stored_shapes(m, names, input_shape, spec)
+        header.shapes = {k: list(v) for k, v in shapes.items()}
+        in_flight = batch_size * (4 * int(np.prod(input_shape)) * (2 + 1)  # decoded, ahead
+                                  + captured  # the kept maps of one pass
+                                  + 4 * DTYPES[dtype] * sum(int(np.prod(v))
+                                                            for v in shapes.values()))
+        check_size(in_flight, what=f"a batch of {batch_size} images in flight (decoded images, "
+                   "the maps of one pass, chunks waiting to be written)",
+                   fix="lower --batch-size or pool the maps")
     return Plan(m, collection, Path(out), list(names), spec, dtype, compression, batch_size,
                 workers, pre, header, input_shape)
+
+
+def _existing_shapes(out: Path, header: Header) -> dict[str, list[int]] | None:
+    """The shapes of a store at ``out`` made the same way as ``header`` says, else None."""
+    from featuremap.store.manifest import IDENTITY, MANIFEST
+
+    try:
+        stored = Header.from_dict(json.loads((out / MANIFEST).read_text("utf-8"))["header"])
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        return None
+    same = all(getattr(stored, k) == getattr(header, k) for k in IDENTITY if k != "shapes")
+    return stored.shapes if same and set(stored.shapes) == set(header.layers) else None
 
 
 def _input_shape(m: Model, pre: Preprocess, collection: Collection) -> tuple[int, int, int]:
