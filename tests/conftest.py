@@ -46,3 +46,12 @@ def refused_early():
         return message
 
     return check
+
+
+@pytest.fixture(scope="session")
+def shapes():
+    """The bundled model, loaded once per session (tests must leave it as it is; a module's
+    own ``shapes`` fixture takes its place there)."""
+    from featuremap.zoo import load_model
+
+    return load_model("shapes")

@@ -38,6 +38,8 @@ _EXPORTS = {
     "Extractor": "featuremap.extraction",
     "explain": "featuremap.value",
     "receptive_field": "featuremap.receptive",
+    "top_patches": "featuremap.atlas",
+    "dissect": "featuremap.atlas",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "compute_maps",
     "conv2d",
     "conv_cost",
+    "dissect",
     "explain",
     "explain_value",
     "explore",
@@ -67,10 +70,12 @@ __all__ = [
     "plot_comparison",
     "plot_maps",
     "receptive_field",
+    "top_patches",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
+    from featuremap.atlas import dissect, top_patches
     from featuremap.conv import conv2d
     from featuremap.datasets import open_collection
     from featuremap.extraction import Extractor, FeatureMaps, extract

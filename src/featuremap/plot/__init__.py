@@ -14,13 +14,15 @@ their maximum. Every figure states the scale it used.
 
 The figures live in one module per subject (:mod:`~featuremap.plot.maps`,
 :mod:`~featuremap.plot.networks`, :mod:`~featuremap.plot.segmentation`,
-:mod:`~featuremap.plot.receptive`, :mod:`~featuremap.plot.explanation`) over what they share
+:mod:`~featuremap.plot.receptive`, :mod:`~featuremap.plot.explanation`,
+:mod:`~featuremap.plot.atlas`) over what they share
 (:mod:`~featuremap.plot.figure`, :mod:`~featuremap.plot.scale`); every public name is
 importable from here.
 """
 
 from __future__ import annotations
 
+from featuremap.plot.atlas import plot_dissection, plot_top_patches
 from featuremap.plot.explanation import plot_explanation
 from featuremap.plot.figure import FIGURE_SUFFIXES, literal_text, plain_text, save_figure
 from featuremap.plot.maps import Panel, plot_comparison, plot_image, plot_maps
@@ -44,6 +46,7 @@ __all__ = [
     "Scale",
     "literal_text",
     "plot_comparison",
+    "plot_dissection",
     "plot_explanation",
     "plot_filters",
     "plot_image",
@@ -54,6 +57,7 @@ __all__ = [
     "plot_receptive_field",
     "plot_receptive_fields",
     "plot_segmentation",
+    "plot_top_patches",
     "plain_text",
     "save_figure",
     "select_channels",

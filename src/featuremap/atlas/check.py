@@ -1,0 +1,116 @@
+"""Check a dissection's labels: do a detector's top patches lie on its concept?
+
+A channel that dissection calls a circle detector should fire on circles: :func:`check_labels`
+takes the top ``k`` patches of every detector of a mask concept (a shape of the generated
+scenes, or one of your classes) and counts how many lie on that concept, two ways:
+
+- ``centre``: the pixel at the centre of the patch's receptive field (clipped to the image)
+  carries the concept in the image's mask; ``base_rate`` is the share of all pixels of the
+  dataset that carry it, what positions taken at random would score;
+- ``cell``: some pixel of the position's own cell (the stride x stride pixels around that
+  centre, which upsampling gives to that value) carries it: also a patch that fires at the
+  concept's border.
+
+Example:
+    >>> d = dissect(model, "scenes", layers="backbone.block*")  # doctest: +SKIP
+    >>> print(check_labels(model, "scenes", d))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from featuremap.atlas.dissect import Dissection
+from featuremap.atlas.patches import Patch, top_patches
+from featuremap.atlas.sources import open_source
+from featuremap.datasets import read_mask
+from featuremap.errors import ConfigError, printable
+
+__all__ = ["LabelCheck", "check_labels", "on_concept"]
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """Per detector of a mask concept, the share of its top patches that lie on the concept.
+
+    Attributes:
+        rows: ``(layer, channel, concept, IoU, share centred on the concept, share whose cell
+            touches it, patches, base rate)``.
+        k: patches per channel.
+    """
+
+    rows: tuple[tuple[str, int, str, float, float, float, int, float], ...]
+    k: int
+
+    def __str__(self) -> str:
+        if not self.rows:
+            return "no channel detects a mask concept: nothing to check"
+        width = max(5, *(len(r[0]) for r in self.rows))
+        lines = [f"{'layer':{width}s}  channel  {'concept':12s}    IoU  centre on  cell on  "
+                 "patches  base rate"]
+        for layer, channel, concept, iou, centre, cell, n, base in self.rows:
+            lines.append(f"{printable(layer):{width}s}  {channel:>7}  "
+                         f"{printable(concept):12s}  {iou:5.3f}  {centre:>9.0%}  {cell:>7.0%}  "
+                         f"{n:>7}  {base:>9.1%}")
+        lines.append(f"median over {len(self.rows)} detectors (top {self.k} patches each): "
+                     f"centre on the concept {np.median([r[4] for r in self.rows]):.0%}, "
+                     f"cell on it {np.median([r[5] for r in self.rows]):.0%}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("layer", "channel", "concept", "iou", "centre", "cell", "patches", "base_rate")
+        return {"k": self.k, "rows": [dict(zip(keys, r)) for r in self.rows]}
+
+
+def on_concept(patch: Patch, mask: np.ndarray, label: int, *,
+               cell: tuple[float, float] | None = None) -> bool:
+    """Whether ``label`` is in ``mask`` ``(H, W)`` at the centre of ``patch``'s field (clipped
+    to the image), or with ``cell = (sy, sx)`` anywhere in the ``sy x sx`` pixels around it."""
+    y0, x0, y1, x1 = patch.box
+    y, x = (y0 + y1) // 2, (x0 + x1) // 2
+    sy, sx = (1, 1) if cell is None else (max(1, int(cell[0])), max(1, int(cell[1])))
+    top, left = max(0, y - sy // 2), max(0, x - sx // 2)
+    region = mask[top: max(top + 1, y - sy // 2 + sy), left: max(left + 1, x - sx // 2 + sx)]
+    if not region.size:  # the centre beyond the image: its nearest pixel
+        region = mask[min(max(y, 0), mask.shape[0] - 1), min(max(x, 0), mask.shape[1] - 1)]
+    return bool((region == label).any())
+
+
+def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
+                 batch_size: int = 32) -> LabelCheck:
+    """For every detector of a shape or class in ``dissection``, the share of its top ``k``
+    patches (at most one per image) whose field's centre lies on that concept.
+
+    Args:
+        model, source: the model and the image/mask pairs the dissection read.
+        dissection: from :func:`featuremap.dissect`.
+        k: patches per channel.
+
+    Raises:
+        ConfigError: a source without masks.
+    """
+    maps_of = open_source(model, source, layers=[d.layer for d in dissection.layers],
+                          batch_size=batch_size)
+    if not maps_of.has_masks or not maps_of.classes:
+        raise ConfigError(f"checking labels needs the image/mask pairs the dissection read; "
+                          f"'{maps_of.description}' has no masks.")
+    share = dict(zip(dissection.concepts, dissection.concept_share))
+    rows = []
+    for d in dissection.layers:
+        found = [r for r in d.detectors() if r[1].category != "colour"]
+        if not found:
+            continue
+        top = top_patches(model, source, layer=d.layer, k=k, channels=[r[0] for r in found],
+                          batch_size=batch_size)
+        for channel, concept, iou in found:
+            label = maps_of.classes.index(concept.name)
+            patches = top.channel(channel)
+            masks = [read_mask(maps_of.masks[p.image]) for p in patches]
+            centre = [on_concept(p, m, label) for p, m in zip(patches, masks)]
+            cell = [on_concept(p, m, label, cell=top.stride) for p, m in zip(patches, masks)]
+            rows.append((d.layer, channel, concept.name, iou, float(np.mean(centre)),
+                         float(np.mean(cell)), len(patches), float(share[concept])))
+    return LabelCheck(tuple(rows), k)
