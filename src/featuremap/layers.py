@@ -300,11 +300,16 @@ def resolve_layers(
         ['layer4', 'layer1.0.conv1', 'layer2.0.conv1']
     """
     all_names = [name for name, _ in model.named_modules() if name]
+    known = set(all_names)
     requests = [names] if isinstance(names, str) else list(names)
     found: dict[str, None] = {}
     for request in requests:
         kind, _ = _kind(request)
-        matches = [n for n in all_names if _matcher(request)(n)]
+        if kind == "exact":  # one lookup, not a scan (53 names of resnet50: 8,500 tests)
+            matches = [request] if request in known else []
+        else:
+            keep = _matcher(request)
+            matches = [n for n in all_names if keep(n)]
         if not matches:
             raise _unknown_layer(model, request, kind, all_names, model_name)
         found.update(dict.fromkeys(matches))
