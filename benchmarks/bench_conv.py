@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+from cpushare import busy_seconds, others_share  # noqa: E402
+
 from featuremap.conv import conv2d  # noqa: E402
 
 TARGET = 0.25
@@ -136,22 +138,10 @@ def prepare(i: int, name: str, shape, depth: int, k: int, s: int, p: int) -> dic
                 times={"engine": [], "torch": []}, faults={"engine": [], "torch": []})
 
 
-def busy_seconds() -> tuple[float | None, float]:
-    """CPU seconds used by the whole machine since boot (None off Linux), and by this process."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        machine = (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        machine = None
-    return machine, own.ru_utime + own.ru_stime
-
-
 def measure(rounds: int) -> tuple[list[dict], float | None]:
     """Per-layer figures, and the share of the CPUs that other processes used meanwhile."""
     cases = [prepare(i, *layer) for i, layer in enumerate(LAYERS)]
-    (machine0, own0), wall0 = busy_seconds(), time.perf_counter()
+    start, wall0 = busy_seconds(), time.perf_counter()
     for r in range(rounds):  # rounds outside, layers inside: a slow phase hits every layer alike
         for case in cases:
             for lib in ("engine", "torch") if r % 2 == 0 else ("torch", "engine"):
@@ -161,10 +151,7 @@ def measure(rounds: int) -> tuple[list[dict], float | None]:
                 calls = [timed(fn) for _ in range(CALLS)]
                 case["times"][lib].append(statistics.median(t for t, _ in calls))
                 case["faults"][lib].append(statistics.median(f for _, f in calls))
-    (machine1, own1), wall = busy_seconds(), time.perf_counter() - wall0
-    others = None
-    if machine0 is not None and machine1 is not None:
-        others = max(0.0, (machine1 - machine0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    others = others_share(start, wall0)
     results = []
     for case in cases:
         te, tt = case["times"]["engine"], case["times"]["torch"]

@@ -35,7 +35,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import threading
@@ -49,6 +48,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+from cpushare import busy_seconds, others_share  # noqa: E402
+
 from featuremap.extraction import extract, retain_memory  # noqa: E402
 from featuremap.quantize import Quantized, unpack  # noqa: E402
 from featuremap.toy import compute_maps  # noqa: E402
@@ -58,18 +59,6 @@ from featuremap.zoo import load_model  # noqa: E402
 FILTERS = "sobel,gabor:6,random:8"  # 16 filters
 STRIDES = [1, 2, 3, 4]
 QUIET = 0.2  # seconds of sleep before each timed first pass
-
-
-def busy_seconds() -> tuple[float | None, float]:
-    """CPU seconds used by the whole machine since boot (None off Linux), and by this process."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        machine = (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        machine = None
-    return machine, own.ru_utime + own.ru_stime
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -431,16 +420,14 @@ def main() -> None:
     retain_memory()  # as the featuremap command line does in every command that runs a network
     warnings.filterwarnings("ignore", message=".*random weights")
     load_model("resnet50", weights="random")  # import and build once before timing anything
-    (machine0, own0), wall0 = busy_seconds(), time.perf_counter()
+    start, wall0 = busy_seconds(), time.perf_counter()
     loadavg0 = os.getloadavg()
     parts = {"lab": ("a", lambda: bench_lab(args.rounds)),
              "switch": ("b", lambda: bench_switch(args.rounds)),
              "first_pass": ("b", lambda: bench_first_pass(args.rounds)),
              "drag": ("c", bench_drag)}
     results = {name: run() for name, (part, run) in parts.items() if part in args.parts}
-    (machine1, own1), wall = busy_seconds(), time.perf_counter() - wall0
-    others = (None if machine0 is None else max(0.0, (machine1 - machine0) - (own1 - own0))
-              / (wall * (os.cpu_count() or 1)))
+    others = others_share(start, wall0)
     if "d" in args.parts:
         results["page"] = bench_page(7, args.chromium)
     if "e" in args.parts:

@@ -27,6 +27,7 @@ Registering hooks happens in :func:`hooked` and nowhere else.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -186,7 +187,7 @@ def inference_state(module: nn.Module, *, notes: list[str] | None = None) -> Ite
 
 def device_of(module: nn.Module) -> torch.device:
     """Where the module's parameters (else buffers) are; the CPU for a module without any."""
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):  # the first only
         return tensor.device
     return torch.device("cpu")
 

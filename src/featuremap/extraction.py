@@ -4,9 +4,11 @@
 :class:`featuremap.capture.Capture`: each requested layer's output is copied the moment it is
 produced (an in-place op later in the network cannot change what was captured), the forward pass
 ends as soon as the last requested layer has run (nothing after it runs, the classifier head
-included), the model runs in eval mode and its modes are restored. :class:`Extractor` does the
-same for batch after batch and can reuse its output buffers, which saves the page faults of fresh
-memory.
+included), the model runs in eval mode and its modes are restored. The copies go into memory
+from :mod:`featuremap.buffers`, which takes back the memory of maps that nothing references any
+more, so repeated extractions do not page-fault fresh memory, while every map returned stays the
+user's for as long as it is held. :class:`Extractor` does the same for batch after batch and can
+instead reuse its own output buffers (each call then overwrites the maps of the last).
 
 Output rules (the engine's): a tensor output is captured as it is; a tuple or list output
 captures its first tensor; a dict output (torchvision's segmentation models) its ``'out'``
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featuremap import buffers
 from featuremap.capture import LayerMeta
 from featuremap.errors import printable, unknown_name
 from featuremap.model import Model, Prepared, as_model
@@ -145,9 +148,10 @@ class Extractor:
     Args:
         model: a model from :func:`featuremap.load_model` or an ``nn.Module``.
         layers: names, globs or regexes of ``named_modules()`` paths.
-        reuse_buffers: copy each batch's maps into buffers kept from the previous call instead
-            of fresh memory (faster on repeated batches; the maps returned by a call are then
-            overwritten by the next call).
+        reuse_buffers: copy each batch's maps into buffers kept from the previous call (the
+            maps returned by a call are then overwritten by the next call). Without it the maps
+            are copied into memory of :mod:`featuremap.buffers` that no live tensor uses: each
+            call's maps are independent and stay valid as long as they are held.
         early_stop: end the forward pass after the last requested layer has fired.
         preprocess: ``"model"`` (the model's own), a :class:`~featuremap.preprocess.Preprocess`,
             or None (images in ``[0, 1]`` at their own size, tensors as given).
@@ -163,7 +167,7 @@ class Extractor:
         self.preprocess = preprocess
         self.engine = self.model.capture(self.layers, early_stop=early_stop,
                                          keep="buffers" if reuse_buffers else "copy",
-                                         allocate=_allocate, allow_missing=allow_missing)
+                                         allocate=buffers.take, allow_missing=allow_missing)
 
     def run(self, batch: torch.Tensor):
         """One forward pass of a prepared batch: the engine's
@@ -179,10 +183,6 @@ class Extractor:
         return FeatureMaps(maps=got.maps, meta=got.meta, input_shape=tuple(prepared.batch.shape),
                            images=prepared.images, notes=prepared.notes + got.notes,
                            model_name=self.name)
-
-
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def extract(

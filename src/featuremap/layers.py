@@ -287,6 +287,9 @@ def match_names(request: str, names: Iterable[str]) -> tuple[str, list[str]]:
         ('glob', ['layer1', 'layer2'])
     """
     kind, _ = _kind(request)
+    if kind == "exact":  # one lookup, not a matcher call per name
+        return kind, [request] if request in (names if isinstance(names, (set, dict))
+                                              else set(names)) else []
     matcher = _matcher(request)
     return kind, [n for n in names if matcher(n)]
 
@@ -317,10 +320,12 @@ def resolve_layers(
         ['layer4', 'layer1.0.conv1', 'layer2.0.conv1']
     """
     all_names = [name for name, _ in model.named_modules() if name]
+    known = set(all_names)
     requests = [names] if isinstance(names, str) else list(names)
     found: dict[str, None] = {}
     for request in requests:
-        kind, matches = match_names(request, all_names)
+        kind, matches = match_names(request, known if _kind(request)[0] == "exact"
+                                    else all_names)
         if not matches:
             raise _unknown_layer(model, request, kind, all_names, model_name)
         found.update(dict.fromkeys(matches))

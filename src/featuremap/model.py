@@ -388,8 +388,8 @@ class Model:
             return None
         mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1)
-        shown = batch.detach().float().cpu() * std + mean
-        return shown.clamp(0, 1).numpy()
+        shown = batch.detach().float().cpu() * std  # one new tensor, then in place
+        return shown.add_(mean).clamp_(0, 1).numpy()
 
     def capture(self, layers: Sequence[str], **options: Any) -> Capture:
         """The engine for this model's (resolved) ``layers``; options as :class:`Capture`."""
