@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """One torch thread in every test process (each xdist worker) and in the processes the
+    tests start: where other processes share the few cores, torch's OpenMP threads spin against
+    them (on a busy 2-core machine tests/test_classify.py took 114 s with 2 threads, 19 s with
+    one); the workers use the cores instead."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _devices() -> list[str]:

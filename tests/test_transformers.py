@@ -53,16 +53,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a machine whose few cores other processes share, two threads spin
-    against them (OpenMP) and run several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     """``(config, model)``: each model is built once for this module."""
