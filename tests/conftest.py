@@ -36,6 +36,49 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session")
+def _shared_resnet18():
+    import torch
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18().eval()
+    return net, {k: v.clone() for k, v in net.state_dict().items()}
+
+
+@pytest.fixture
+def resnet18(_shared_resnet18):
+    """torchvision's resnet18 with random weights (seed 0) in eval mode, built once for the
+    session and shared by the tests that only read it. After each test it must be as it was:
+    same weights, eval mode, no hooks, no gradients (a test that changes a network builds its
+    own); one that changed it errors, and the network is put back for the next."""
+    import torch
+
+    net, weights = _shared_resnet18
+    flags = [p.requires_grad for p in net.parameters()]
+    yield net
+    state = net.state_dict()
+    params = list(net.parameters())
+    problems = [f"weights {k}" for k, v in weights.items() if not torch.equal(state[k], v)][:3]
+    problems += ["training mode"] * any(m.training for m in net.modules())
+    problems += ["hooks"] * any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                for m in net.modules())
+    problems += ["requires_grad"] * ([p.requires_grad for p in params] != flags)
+    problems += ["gradients"] * any(p.grad is not None for p in params)
+    if problems:
+        net.load_state_dict(weights)
+        net.eval()
+        for m in net.modules():
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+            m._backward_hooks.clear()
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    assert not problems, f"the test changed the shared resnet18: {', '.join(problems)}"
+
+
 @pytest.fixture
 def refused_early():
     """``refused_early(call, match)``: ``call()`` raises ConfigError matching ``match`` with
