@@ -1,7 +1,8 @@
 """The explorer's page: static files, the routes it adds, and the page in a real browser.
 
 The browser tests drive headless Chromium through Playwright and are skipped where either is
-missing (set FEATUREMAP_CHROMIUM to a Chromium executable Playwright did not install).
+missing (set FEATUREMAP_CHROMIUM to a Chromium executable Playwright did not install), unless
+``FEATUREMAP_REQUIRE_BROWSER=1`` (CI sets it): then a missing browser fails them.
 """
 
 from __future__ import annotations
@@ -93,9 +94,18 @@ def _chromium() -> str | None:
     return os.environ.get("FEATUREMAP_CHROMIUM") or shutil.which("chromium") or None
 
 
+def _no_browser(why: str):
+    if os.environ.get("FEATUREMAP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"FEATUREMAP_REQUIRE_BROWSER=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def browser_page():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _no_browser("playwright is not installed (pip install playwright)")
     import threading
 
     import uvicorn
@@ -115,7 +125,7 @@ def browser_page():
             browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
         except Exception as err:  # no browser Playwright can start here
             server.should_exit = True
-            pytest.skip(f"no Chromium to drive: {str(err).splitlines()[0]}")
+            _no_browser(f"no Chromium to drive: {str(err).splitlines()[0]}")
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
