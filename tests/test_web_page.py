@@ -142,9 +142,16 @@ def _settle(page) -> None:
     page.wait_for_function("document.body.dataset.busy !== '1'", timeout=60_000)
 
 
+def _lab(page) -> None:
+    """Show the lab: the tests share one page, and another may have left another view open."""
+    page.click("#tabs button[data-view=lab]")
+    _settle(page)
+    page.wait_for_selector("#lab-grid .tile > canvas", state="visible", timeout=30_000)
+
+
 def test_page_draws_the_lab_and_a_quick_drag_sends_no_backlog(browser_page):
     session, page, errors = browser_page
-    _settle(page)
+    _lab(page)
     assert page.locator("#lab-grid .tile > canvas").count() == 6  # sobel,gabor:4
     before = session.computations
     page.evaluate("""() => new Promise((done) => {
@@ -161,6 +168,7 @@ def test_page_draws_the_lab_and_a_quick_drag_sends_no_backlog(browser_page):
 
 def test_clicking_a_value_explains_it_and_errors_show_in_one_line(browser_page):
     _, page, errors = browser_page
+    _lab(page)
     canvas = page.locator("#lab-grid .tile > canvas").nth(0)
     box = canvas.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
