@@ -9,26 +9,29 @@ import pytest
 
 
 def pytest_configure(config):
-    """One torch thread in every test process (each xdist worker) and in the processes the
-    tests start: where other processes share the few cores, torch's OpenMP threads spin against
-    them (on a busy 2-core machine tests/test_classify.py took 114 s with 2 threads, 19 s with
-    one); the workers use the cores instead."""
+    """One OpenMP thread in the processes that run tests (xdist's workers inherit it) and in
+    those the tests start: where other processes share the few cores, torch's OpenMP threads
+    spin against them (on a busy 2-core machine tests/test_classify.py took 114 s with 2
+    threads, 19 s with one); the workers use the cores instead. torch is not imported here: the
+    xdist controller, which runs no test, never needs it."""
     os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread in every process that runs tests (see pytest_configure)."""
     import torch
 
     torch.set_num_threads(1)
 
 
-def _devices() -> list[str]:
-    import torch
+def pytest_generate_tests(metafunc):
+    """``device``: every device this machine has, the CPU and CUDA where present (asked when
+    tests are collected, so that a process that collects none never imports torch)."""
+    if "device" in metafunc.fixturenames:
+        import torch
 
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(params=_devices())
-def device(request) -> str:
-    """Every device this machine has: the CPU, and CUDA where present."""
-    return request.param
+        metafunc.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 
 
 @pytest.fixture
