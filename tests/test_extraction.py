@@ -150,8 +150,8 @@ def test_reused_buffers_are_overwritten_but_values_right():
     torch.testing.assert_close(second, fresh)
 
 
-def test_unknown_layer_did_you_mean():
-    model = torchvision.models.resnet18()
+def test_unknown_layer_did_you_mean(resnet18):
+    model = resnet18
     with pytest.raises(UnknownNameError, match="Did you mean 'layer4'"):
         extract(model, torch.randn(1, 3, 32, 32), layers="layer5")
 
@@ -192,10 +192,10 @@ def test_retain_memory_tunes_glibc_and_extraction_still_exact():
     torch.testing.assert_close(extract(model, x, layers="a")["a"], expected)
 
 
-def test_overview_layers_are_stage_ends():
+def test_overview_layers_are_stage_ends(resnet18):
     from featuremap.summary import overview_layers
 
-    names = overview_layers(torchvision.models.resnet18(), input_size=64)
+    names = overview_layers(resnet18, input_size=64)
     assert names == ["conv1", "relu", "layer1", "layer2", "layer3", "layer4"]
     with pytest.raises(ConfigError, match="no layer with spatial feature maps"):
         overview_layers(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), input_size=2,

@@ -303,18 +303,25 @@ def test_ctrl_c_during_the_moves_waits_until_both_are_in_place(tmp_path, monkeyp
             signal.raise_signal(signal.SIGINT)  # Ctrl-C between the two moves
 
     monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_paths([weights, meta]) as (w, m):
-            w.write_bytes(b"weights")
-            m.write_text("{}")
+    # Ctrl-C as Python handles it by default, whatever the runner inherited (a shell starts
+    # background jobs with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_paths([weights, meta]) as (w, m):
+                w.write_bytes(b"weights")
+                m.write_text("{}")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert weights.read_bytes() == b"weights" and meta.read_text() == "{}"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_killed_writer_leaves_no_target(tmp_path):
     # Ctrl-C in a real process: the target never appears, the old one stays.
     (tmp_path / "old.bin").write_bytes(b"old")
     code = ("import os, signal, sys; from featuremap.outputs import atomic_write\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # even if inherited off
             "for name in ('new.bin', 'old.bin'):\n"
             "    try:\n"
             "        with atomic_write(os.path.join(sys.argv[1], name)) as f:\n"

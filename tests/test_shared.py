@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from featuremap.bundled.scenes import make_scene
 from featuremap.errors import ConfigError
@@ -19,17 +20,22 @@ from featuremap.tasks.topk import classify
 from featuremap.zoo import load_model
 
 
-def count_calls(module: torch.nn.Module) -> list[int]:
+@contextmanager
+def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """``calls[0]``: how many times ``module`` ran inside the ``with`` block."""
     calls = [0]
-    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    handle = module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 def test_bundled_model_backbone_runs_once_and_results_equal_separate_calls():
     model = load_model("shapes")
     scene = make_scene(60_123)
-    calls = count_calls(model.module.backbone)
-    result = analyse(model, scene.image, top=3)
+    with count_calls(model.module.backbone) as calls:
+        result = analyse(model, scene.image, top=3)
     assert calls[0] == 1
     alone = classify(model, scene.image, top=3)
     assert [t[:2] for t in result.classification.top] == [t[:2] for t in alone.top]
@@ -40,14 +46,13 @@ def test_bundled_model_backbone_runs_once_and_results_equal_separate_calls():
     assert set(result.maps) >= {"backbone.block1", "backbone.block4"}
 
 
-def test_any_classifier_shares_one_pass_with_clusters():
-    torch.manual_seed(0)
+def test_any_classifier_shares_one_pass_with_clusters(resnet18):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = load_model(torchvision.models.resnet18().eval())
+        model = load_model(resnet18)
     image = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
-    calls = count_calls(model.module.layer1)
-    result = analyse(model, image, cam_layer="layer4", cluster_layers=["layer2"], k=3)
+    with count_calls(model.module.layer1) as calls:
+        result = analyse(model, image, cam_layer="layer4", cluster_layers=["layer2"], k=3)
     assert calls[0] == 1
     alone = cluster_segments(model, image, layers=["layer2"], k=3)
     np.testing.assert_array_equal(result.segmentation.labels, alone.labels)

@@ -53,22 +53,26 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a machine whose few cores other processes share, two threads spin
-    against them (OpenMP) and run several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def built():
+    """``built(name)``: the model of that name with random weights (seed 0), built once for
+    this module; the tests only read it."""
+    models = {}
+
+    def get(name):
+        if name not in models:
+            torch.manual_seed(0)
+            models[name] = featuremap.load_model(name, weights="random")
+        return models[name]
+
+    return get
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request):
+def case(request, built):
     """``(config, model)``: each model is built once for this module."""
-    torch.manual_seed(0)
     config = CASES[request.param]
-    return config, featuremap.load_model(config["name"], weights="random")
+    return config, built(config["name"])
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +198,8 @@ def test_receptive_fields_are_true(case, data):
         assert y0 <= e0 and x0 <= f0 and e1 <= y1 and f1 <= x1
 
 
-def test_vit_fields_layer_table_and_stages():
-    model = featuremap.load_model(CASES["vit"]["name"], weights="random")
+def test_vit_fields_layer_table_and_stages(built):
+    model = built(CASES["vit"]["name"])
     assert receptive_field(model, "patch_embed", position=(2, 3)).box == (32, 48, 48, 64)
     norm1 = receptive_field(model, "blocks.0.norm1", position=(2, 3))
     assert norm1.size == (16, 16) and not norm1.whole  # tokens before attention: one patch
@@ -214,8 +218,8 @@ def test_vit_fields_layer_table_and_stages():
         grad_cam(model, torch.zeros(1, 3, 224, 224), layer="blocks.11")
 
 
-def test_swin_stages_are_channels_last_maps():
-    model = featuremap.load_model(CASES["swin"]["name"], weights="random")
+def test_swin_stages_are_channels_last_maps(built):
+    model = built(CASES["swin"]["name"])
     assert [(s.channels, s.shape, s.stride) for s in model.stages()][:2] == [
         (96, (96, 56, 56), 4), (192, (192, 28, 28), 8)]
     got = model.capture(["layers.0.blocks.0.mlp", "layers.0.blocks.0.attn"], early_stop=False)(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from featuremap.errors import ConfigError
@@ -40,9 +39,9 @@ def test_value_equals_network_output(layer):
         assert e.bias == pytest.approx(float(bias[at[0]]))
 
 
-def test_real_network_and_printed_form():
+def test_real_network_and_printed_form(resnet18):
+    net = resnet18
     torch.manual_seed(0)
-    net = torchvision.models.resnet18().eval()
     x = torch.randn(1, 3, 64, 64)
     e = explain(net, x, layer="layer2.0.conv1", at=(5, 3, 4))
     value = float(extract(net, x, layers="layer2.0.conv1")["layer2.0.conv1"][0, 5, 3, 4])
@@ -61,9 +60,9 @@ def test_bad_layer_and_position():
         explain(net, torch.randn(1, 3, 8, 8), layer="a", at=(0, 9, 0))
 
 
-def test_first_layer_channels_are_named_rgb():
+def test_first_layer_channels_are_named_rgb(resnet18):
+    net = resnet18
     torch.manual_seed(0)
-    net = torchvision.models.resnet18().eval()
     x = torch.randn(1, 3, 64, 64)
     e = explain(net, x, layer="conv1", at=(2, 5, 5))
     text = str(e)

@@ -24,6 +24,7 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from clirun import run  # noqa: E402
 from featuremap.web.app import create_app  # noqa: E402
 from featuremap.web.server import explore, make_session  # noqa: E402
 from webhelp import one_line_error, png_bytes  # noqa: E402
@@ -228,16 +229,15 @@ def test_eight_clients_at_once_on_a_real_server(capsys):
 # ------------------------------------------------------------------------------ Ctrl-C
 
 
-def _explore_command() -> list[str] | None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    probe = subprocess.run([sys.executable, "-m", "featuremap", "explore", "--help"],
-                           capture_output=True, text=True, env=env, timeout=60)
-    return [sys.executable, "-m", "featuremap", "explore"] if probe.returncode == 0 else None
+def _explore_command(capsys) -> list[str] | None:
+    """The command that starts the explorer, where this featuremap has one (asked in-process:
+    only the explorer itself needs a process of its own, for its Ctrl-C)."""
+    code, _, _ = run(["explore", "--help"], capsys)
+    return [sys.executable, "-m", "featuremap", "explore"] if code == 0 else None
 
 
 def test_ctrl_c_stops_explore_at_once(capsys):
-    command = _explore_command()
+    command = _explore_command(capsys)
     if command is None:
         pytest.skip("this featuremap has no 'explore' command")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(

@@ -1,7 +1,8 @@
 """The explorer's page: static files, the routes it adds, and the page in a real browser.
 
 The browser tests drive headless Chromium through Playwright and are skipped where either is
-missing (set FEATUREMAP_CHROMIUM to a Chromium executable Playwright did not install).
+missing (set FEATUREMAP_CHROMIUM to a Chromium executable Playwright did not install), unless
+``FEATUREMAP_REQUIRE_BROWSER=1`` (CI sets it): then a missing browser fails them.
 """
 
 from __future__ import annotations
@@ -93,9 +94,18 @@ def _chromium() -> str | None:
     return os.environ.get("FEATUREMAP_CHROMIUM") or shutil.which("chromium") or None
 
 
+def _no_browser(why: str):
+    if os.environ.get("FEATUREMAP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"FEATUREMAP_REQUIRE_BROWSER=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def browser_page():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _no_browser("playwright is not installed (pip install playwright)")
     import threading
 
     import uvicorn
@@ -115,7 +125,7 @@ def browser_page():
             browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
         except Exception as err:  # no browser Playwright can start here
             server.should_exit = True
-            pytest.skip(f"no Chromium to drive: {str(err).splitlines()[0]}")
+            _no_browser(f"no Chromium to drive: {str(err).splitlines()[0]}")
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -132,9 +142,16 @@ def _settle(page) -> None:
     page.wait_for_function("document.body.dataset.busy !== '1'", timeout=60_000)
 
 
+def _lab(page) -> None:
+    """Show the lab: the tests share one page, and another may have left another view open."""
+    page.click("#tabs button[data-view=lab]")
+    _settle(page)
+    page.wait_for_selector("#lab-grid .tile > canvas", state="visible", timeout=30_000)
+
+
 def test_page_draws_the_lab_and_a_quick_drag_sends_no_backlog(browser_page):
     session, page, errors = browser_page
-    _settle(page)
+    _lab(page)
     assert page.locator("#lab-grid .tile > canvas").count() == 6  # sobel,gabor:4
     before = session.computations
     page.evaluate("""() => new Promise((done) => {
@@ -151,6 +168,7 @@ def test_page_draws_the_lab_and_a_quick_drag_sends_no_backlog(browser_page):
 
 def test_clicking_a_value_explains_it_and_errors_show_in_one_line(browser_page):
     _, page, errors = browser_page
+    _lab(page)
     canvas = page.locator("#lab-grid .tile > canvas").nth(0)
     box = canvas.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
