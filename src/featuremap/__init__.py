@@ -38,6 +38,8 @@ _EXPORTS = {
     "Extractor": "featuremap.extraction",
     "explain": "featuremap.value",
     "receptive_field": "featuremap.receptive",
+    "visualize": "featuremap.atlas.visualization",
+    "similarity": "featuremap.atlas.cka",
 }
 
 __all__ = [
@@ -67,10 +69,14 @@ __all__ = [
     "plot_comparison",
     "plot_maps",
     "receptive_field",
+    "similarity",
+    "visualize",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
+    from featuremap.atlas.cka import similarity
+    from featuremap.atlas.visualization import visualize
     from featuremap.conv import conv2d
     from featuremap.datasets import open_collection
     from featuremap.extraction import Extractor, FeatureMaps, extract
