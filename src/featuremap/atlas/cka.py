@@ -317,7 +317,8 @@ class _Side:
         if tuple(batch.shape[1:]) not in self._checked:
             self._check(batch)
         got = self.engine(batch)
-        return torch.stack([gram(got.maps[n], pool=self.pool) for n in self.layers])
+        # small (n x n) and on the CPU: two models on two devices still add up
+        return torch.stack([gram(got.maps[n], pool=self.pool) for n in self.layers]).cpu()
 
     def _check(self, batch: torch.Tensor) -> None:
         """Refuse, from one image's pass, layers without one row of features per image, and a

@@ -13,9 +13,13 @@ Distill 2017) on plain torch:
 - the model's own normalisation is applied inside, and the objective is the channel's mean
   activation at the layer (through the capture engine with ``keep="graph"``: the forward pass
   stops at the layer), maximised with Adam (learning rate 0.05);
+- a channel that is zero everywhere on the near-grey starting image has no gradient: while that
+  is so, every ``nn.ReLU`` module also lets the gradient through where it would raise its input,
+  for the images where nothing else flows (Lucid's redirected ReLU gradient), which wakes it;
 - several channels are optimised together, one image per channel in one batch, the objectives
   summed: each image has its own random draws (seeded by the seed and its channel), so its
-  result does not depend on which channels share its batch, and the cost of a step is shared.
+  result does not depend on which channels share its batch (apart from rounding: a batched
+  convolution may round differently), and the cost of a step is shared.
 
 The same seed gives the same images: the random draws come from seeded ``torch.Generator``
 objects, and torch's deterministic algorithms are switched on for the call only (on the CPU
