@@ -40,6 +40,8 @@ _EXPORTS = {
     "receptive_field": "featuremap.receptive",
     "top_patches": "featuremap.atlas",
     "dissect": "featuremap.atlas",
+    "visualize": "featuremap.atlas.visualization",
+    "similarity": "featuremap.atlas.cka",
 }
 
 __all__ = [
@@ -71,11 +73,15 @@ __all__ = [
     "plot_maps",
     "receptive_field",
     "top_patches",
+    "similarity",
+    "visualize",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
     from featuremap.atlas import dissect, top_patches
+    from featuremap.atlas.cka import similarity
+    from featuremap.atlas.visualization import visualize
     from featuremap.conv import conv2d
     from featuremap.datasets import open_collection
     from featuremap.extraction import Extractor, FeatureMaps, extract
