@@ -13,7 +13,7 @@
 
 Usage:
     python benchmarks/bench_store.py [--rounds 3] [--images 512] [--big 4096] [--parts abc]
-                                     [--json PATH]
+                                     [--bc-model resnet18|shapes] [--json PATH]
 """
 
 from __future__ import annotations
@@ -129,20 +129,22 @@ def part_a(args, tmp: Path) -> dict:
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {src!r})
+import torch
+torch.manual_seed(0)
 from featuremap import load_model
 from featuremap.store import extract_dataset, open_store
-model = load_model("resnet18", weights="random")
+model = load_model({model!r}, weights={weights!r})
 start = time.perf_counter()
 extract_dataset(model, {data!r}, layers={layers!r}, out={out!r}, batch_size=32, workers=2,
-                pool="layer4=avg")
+                pool={pool!r})
 first = time.perf_counter() - start
 start = time.perf_counter()
 again = extract_dataset(model, {data!r}, layers={layers!r}, out={out!r}, batch_size=32,
-                        workers=2, pool="layer4=avg")
+                        workers=2, pool={pool!r})
 resume = time.perf_counter() - start
 start = time.perf_counter()
 store = open_store({out!r})
-store.to_numpy("layer4", 0, 32)
+store.to_numpy({layers!r}[-1], 0, 32)
 opened = time.perf_counter() - start
 print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": first, "resume_s": resume, "open_s": opened,
@@ -154,13 +156,19 @@ def part_bc(args, tmp: Path) -> dict:
     out = {}
     for n in (args.images, args.big):
         data = make_images(tmp / f"images{n}", n)
-        code = CHILD.format(src=str(ROOT / "src"), data=str(data), layers=LAYERS,
-                            out=str(tmp / f"big{n}.zarr"))
+        if args.bc_model == "shapes":  # the bundled 64 x 64 network: the same pipeline, faster
+            model, weights, layers = "shapes", "DEFAULT", ["backbone.block2", "backbone.block4"]
+        else:
+            model, weights, layers = args.bc_model, "random", LAYERS
+        code = CHILD.format(src=str(ROOT / "src"), data=str(data), layers=layers,
+                            out=str(tmp / f"big{n}.zarr"), model=model, weights=weights,
+                            pool=f"{layers[-1]}=avg")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True)
         out[n] = json.loads(done.stdout.strip().splitlines()[-1])
         shutil.rmtree(tmp / f"big{n}.zarr")
-        print(f"(b/c) {n} images: peak {out[n]['peak_mb']:.0f} MB, {out[n]['seconds']:.1f} s "
+        print(f"(b/c) {args.bc_model}, {n} images: peak {out[n]['peak_mb']:.0f} MB, "
+              f"{out[n]['seconds']:.1f} s "
               f"({n / out[n]['seconds']:.1f} images/s); resume of the finished store "
               f"{out[n]['resume_s']:.2f} s, open_store + one chunk {out[n]['open_s']:.3f} s",
               flush=True)
@@ -177,6 +185,8 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--parts", default="abc")
+    parser.add_argument("--bc-model", default="resnet18",
+                        help="model of parts b and c: resnet18 (random weights) or shapes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     import torch
