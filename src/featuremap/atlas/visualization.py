@@ -228,7 +228,7 @@ class FourierImage:
         spectrum = torch.view_as_complex(self.scale * self.spectrum)
         decorrelated = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
         decorrelated = decorrelated / FFT_MAGIC
-        rgb = torch.einsum("nchw,dc->ndhw", decorrelated, self.colour)
+        rgb = torch.matmul(self.colour, decorrelated.flatten(2)).view_as(decorrelated)
         return torch.sigmoid(rgb)
 
 
