@@ -21,7 +21,6 @@ the what-if's ``#wi-layer``, ``#wi-out`` and ``#wi-broken``, the uses' ``#use-to
 from __future__ import annotations
 
 import io
-import os
 import re
 import time
 from pathlib import Path
@@ -32,35 +31,15 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-CHROMIUM = os.environ.get("FEATUREMAP_CHROMIUM", "/usr/bin/chromium")
-REQUIRED = os.environ.get("FEATUREMAP_REQUIRE_BROWSER") == "1"
+from webhelp import chromium  # noqa: E402
+
 VIEWPORT = {"width": 1280, "height": 900}
-
-
-def _why_no_browser() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright)"
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        return (f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "FEATUREMAP_CHROMIUM)")
-    return None
 
 
 @pytest.fixture(scope="module")
 def browser():
-    why = _why_no_browser()
-    if why is not None:
-        if REQUIRED:
-            pytest.fail(f"FEATUREMAP_REQUIRE_BROWSER=1 but {why}", pytrace=False)
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,51 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from featuremap.quantize import Quantized, unpack
+
+CHROMIUM = os.environ.get("FEATUREMAP_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = os.environ.get("FEATUREMAP_REQUIRE_BROWSER") == "1"
+
+
+def _why_no_browser() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        return (f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
+                "FEATUREMAP_CHROMIUM)")
+    return None
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Debian's, or FEATUREMAP_CHROMIUM) driven by Playwright. Without
+    one the test skips, unless FEATUREMAP_REQUIRE_BROWSER=1 (CI): then it fails."""
+    why = _why_no_browser()
+    if why is not None:
+        if REQUIRED:
+            pytest.fail(f"FEATUREMAP_REQUIRE_BROWSER=1 but {why}", pytrace=False)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def maps_of(header: dict[str, Any], blob: bytes) -> np.ndarray:

@@ -39,6 +39,7 @@ _EXPORTS = {
     "explain": "featuremap.value",
     "receptive_field": "featuremap.receptive",
     "top_patches": "featuremap.atlas",
+    "channel_atlas": "featuremap.atlas",
     "dissect": "featuremap.atlas",
     "visualize": "featuremap.atlas.visualization",
     "similarity": "featuremap.atlas.cka",
@@ -73,13 +74,14 @@ __all__ = [
     "plot_maps",
     "receptive_field",
     "top_patches",
+    "channel_atlas",
     "similarity",
     "visualize",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from featuremap.arithmetic import conv_cost, output_size
-    from featuremap.atlas import dissect, top_patches
+    from featuremap.atlas import channel_atlas, dissect, top_patches
     from featuremap.atlas.cka import similarity
     from featuremap.atlas.visualization import visualize
     from featuremap.conv import conv2d

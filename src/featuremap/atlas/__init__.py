@@ -11,12 +11,17 @@
   or of two models on the same images, estimated by minibatches; :func:`plot_similarity` draws
   the heatmap.
 
+- :func:`channel_atlas` (:mod:`~featuremap.atlas.channels`): all of the above for the channels
+  of one layer side by side (one forward pass per batch feeds top patches, mean activation and
+  dissection), saved as one sortable self-contained page (:mod:`~featuremap.atlas.page`).
+
 Figures: :func:`featuremap.plot.plot_top_patches`, :func:`featuremap.plot.plot_dissection`.
 Each result has ``str()`` (the text a command prints) and ``to_dict()`` (what a page receives).
 """
 
 from __future__ import annotations
 
+from featuremap.atlas.channels import ChannelAtlas, channel_atlas
 from featuremap.atlas.check import LabelCheck, check_labels
 from featuremap.atlas.cka import Similarity, plot_similarity, similarity
 from featuremap.atlas.concepts import COLOUR_TERMS, ColourTerms, Concept, ConceptSet, MaskClasses
@@ -26,6 +31,7 @@ from featuremap.atlas.visualization import Visualization, plot_visualizations, v
 
 __all__ = [
     "COLOUR_TERMS",
+    "ChannelAtlas",
     "ColourTerms",
     "Concept",
     "ConceptSet",
@@ -37,6 +43,7 @@ __all__ = [
     "Similarity",
     "TopPatches",
     "Visualization",
+    "channel_atlas",
     "check_labels",
     "dissect",
     "plot_similarity",

@@ -35,7 +35,8 @@ from featuremap.atlas.sources import MapSource, Piece, open_source
 from featuremap.bundled.scenes import CLASSES as SCENE_CLASSES
 from featuremap.errors import ConfigError, printable
 
-__all__ = ["Dissection", "LayerDissection", "dissect", "upsampled"]
+__all__ = ["Dissection", "LayerDissection", "concept_sets", "dissect", "dissect_source",
+           "upsampled"]
 
 ELEMENTS = 2**22  # upsampled values handled at once (n x C x H x W), to bound memory
 BINS = 4096
@@ -56,6 +57,8 @@ class LayerDissection:
         best: ``(C,)`` the index of each channel's best concept; best_iou: its IoU.
         detector: ``(C,)`` True where ``best_iou`` passes the threshold.
         active_share: ``(C,)`` the share of pixels above the threshold (about the quantile).
+        channels: the channel number of each row when only some channels were dissected
+            (:func:`featuremap.atlas.channel_atlas`); None: row ``c`` is channel ``c``.
     """
 
     layer: str
@@ -67,14 +70,20 @@ class LayerDissection:
     best_iou: np.ndarray
     detector: np.ndarray
     active_share: np.ndarray
+    channels: tuple[int, ...] | None = None
 
     @property
     def n_channels(self) -> int:
         return len(self.thresholds)
 
-    def category(self, channel: int) -> str:
-        """What ``channel`` detects: ``"colour"``, ``"shape"``, ``"class"`` or ``"none"``."""
-        return self.concepts[self.best[channel]].category if self.detector[channel] else "none"
+    def number(self, row: int) -> int:
+        """The channel number of row ``row``."""
+        return row if self.channels is None else self.channels[row]
+
+    def category(self, row: int) -> str:
+        """What the channel of ``row`` detects: ``"colour"``, ``"shape"``, ``"class"`` or
+        ``"none"``."""
+        return self.concepts[self.best[row]].category if self.detector[row] else "none"
 
     def shares(self, categories: Sequence[str]) -> dict[str, float]:
         """``{category: share of channels}`` for ``categories`` and ``"none"``."""
@@ -88,14 +97,14 @@ class LayerDissection:
 
     def detectors(self, category: str | None = None) -> list[tuple[int, Concept, float]]:
         """``(channel, concept, IoU)`` of the detector channels (of one category), best first."""
-        rows = [(c, self.concepts[self.best[c]], float(self.best_iou[c]))
+        rows = [(self.number(c), self.concepts[self.best[c]], float(self.best_iou[c]))
                 for c in np.flatnonzero(self.detector).tolist()
                 if category is None or self.concepts[self.best[c]].category == category]
         return sorted(rows, key=lambda r: -r[2])
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "channels": [
-            {"channel": c, "concept": self.concepts[self.best[c]].to_dict(),
+            {"channel": self.number(c), "concept": self.concepts[self.best[c]].to_dict(),
              "iou": float(self.best_iou[c]), "detector": bool(self.detector[c]),
              "category": self.category(c), "threshold": float(self.thresholds[c]),
              "threshold_error": float(self.threshold_error[c])}
@@ -242,35 +251,68 @@ def dissect(
     if maps_of.model is not None:
         order = {n: i for i, (n, _) in enumerate(maps_of.model.module.named_modules())}
         maps_of.layers.sort(key=lambda n: order.get(n, len(order)))
-    sets = resolve_concepts(concepts, classes=maps_of.classes, has_masks=maps_of.has_masks,
-                            source=maps_of.description, shape_classes=SCENE_CLASSES)
-    n = len(maps_of)
+    sets = concept_sets(maps_of, concepts)
+    return dissect_source(maps_of, sets, quantile=quantile, threshold=threshold,
+                          progress=progress)
+
+
+def concept_sets(source: MapSource, concepts: Any) -> list[ConceptSet]:
+    """The concept sets ``concepts`` names, for what ``source`` holds (see :func:`dissect`)."""
+    return resolve_concepts(concepts, classes=source.classes, has_masks=source.has_masks,
+                            source=source.description, shape_classes=SCENE_CLASSES)
+
+
+def dissect_source(source: MapSource, sets: list[ConceptSet], *, quantile: float,
+                   threshold: float, progress: Callable[[int, int], Any] | None = None,
+                   select: dict[str, Sequence[int]] | None = None,
+                   tap: Callable[[Piece], Any] | None = None) -> Dissection:
+    """:func:`dissect` on an open source, for engines that read more on the way.
+
+    Args:
+        select: per layer, the channels to dissect (the others are not read); default all.
+        tap: called with every piece of the first pass (all channels), before it is used.
+    """
+    n = len(source)
     first = None if progress is None else (lambda done, _: progress(done, 2 * n))
     second = None if progress is None else (lambda done, _: progress(n + done, 2 * n))
-    quantiles, seen = _thresholds(maps_of, quantile, first)
+    chosen = {k: torch.tensor(list(v), dtype=torch.long) for k, v in (select or {}).items()}
+    quantiles, seen = _thresholds(source, quantile, first, chosen, tap)
     if not seen:
-        raise maps_of.nothing_read()
+        raise source.nothing_read()
     thresholds = {k: q.thresholds() for k, q in quantiles.items()}
-    counts = _overlaps(maps_of, sets, thresholds, second)
+    counts = _overlaps(source, sets, thresholds, second, chosen)
     concepts = tuple(c for s in sets for c in s.concepts)
     categories = tuple(dict.fromkeys(s.category for s in sets))
     layers_out = [_layer_result(k, concepts, thresholds[k], quantiles[k].max_error, counts[k],
                                 counts["concept"], counts["pixels"], threshold)
-                  for k in maps_of.layers]
-    return Dissection(maps_of.model_name, maps_of.description, layers_out, concepts, categories,
-                      float(quantile), float(threshold), METHOD, seen, dict(maps_of.skipped),
+                  for k in source.layers]
+    for d in layers_out:
+        if d.layer in chosen:
+            d.channels = tuple(chosen[d.layer].tolist())
+    return Dissection(source.model_name, source.description, layers_out, concepts, categories,
+                      float(quantile), float(threshold), METHOD, seen, dict(source.skipped),
                       counts["concept"] / max(1, counts["pixels"]))
 
 
-def _thresholds(source: MapSource, quantile: float, progress: Any
+def _selected(piece: Piece, name: str, select: dict[str, torch.Tensor]) -> torch.Tensor:
+    maps = piece.maps[name]
+    if name not in select:
+        return maps
+    return maps.index_select(1, select[name].to(maps.device))
+
+
+def _thresholds(source: MapSource, quantile: float, progress: Any,
+                select: dict[str, torch.Tensor], tap: Callable[[Piece], Any] | None
                 ) -> tuple[dict[str, TopQuantile], int]:
     """Pass 1: each layer's per-channel top-quantile estimator, and the images read."""
     estimators: dict[str, TopQuantile] = {}
     seen = 0
     for piece in source.stream(progress=progress):
         seen += len(piece.indices)
+        if tap is not None:
+            tap(piece)
         for name in source.layers:
-            maps = piece.maps[name]
+            maps = _selected(piece, name, select)
             if name not in estimators:
                 estimators[name] = TopQuantile(maps.shape[1], quantile, bins=BINS)
             for values in upsampled(maps, piece.size):
@@ -279,7 +321,7 @@ def _thresholds(source: MapSource, quantile: float, progress: Any
 
 
 def _overlaps(source: MapSource, sets: list[ConceptSet], thresholds: dict[str, torch.Tensor],
-              progress: Any) -> dict[str, Any]:
+              progress: Any, select: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Pass 2: per layer ``{"inter": (C, K), "active": (C,)}`` counts, and per concept its
     pixels (``"concept"``), and all pixels (``"pixels"``)."""
     colour = any(not s.needs_masks for s in sets)
@@ -295,7 +337,7 @@ def _overlaps(source: MapSource, sets: list[ConceptSet], thresholds: dict[str, t
         out["pixels"] += onehot.shape[0]
         for name, t in thresholds.items():
             start = 0
-            for values in upsampled(piece.maps[name], piece.size):
+            for values in upsampled(_selected(piece, name, select), piece.size):
                 active = (values > t.to(values.device)[:, None]).float()
                 rows = onehot[start: start + active.shape[1]].to(values.device)
                 start += active.shape[1]

@@ -37,7 +37,7 @@ from featuremap.errors import ConfigError, printable
 from featuremap.model import as_model
 from featuremap.receptive import ReceptiveField, receptive_field
 
-__all__ = ["GREY", "Patch", "RunningTopK", "TopPatches", "top_patches"]
+__all__ = ["GREY", "Patch", "RunningTopK", "TopPatches", "crop_winners", "top_patches"]
 
 GREY = 0.5  # what a crop shows where its field lies outside the image
 
@@ -314,11 +314,13 @@ def top_patches(
         seen += len(piece.indices)
     if not seen:
         raise maps_of.nothing_read()
-    return _result(maps_of, layer, running, seen, k, per_image)
+    return crop_winners(maps_of, layer, running, seen, k, per_image)
 
 
-def _result(source: MapSource, layer: str, running: RunningTopK, seen: int, k: int,
-            per_image: int | None) -> TopPatches:
+def crop_winners(source: MapSource, layer: str, running: RunningTopK, seen: int, k: int,
+                 per_image: int | None) -> TopPatches:
+    """The :class:`TopPatches` of a finished running top ``k``: the images that won are read
+    again and the field of each winner is cropped."""
     values = running.values.cpu().numpy().T.copy()  # (C', m)
     images = running.images.cpu().numpy().T.copy()
     positions = np.stack([running.ys.cpu().numpy().T, running.xs.cpu().numpy().T], -1)

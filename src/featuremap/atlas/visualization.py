@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",
     "Visualization",
+    "check_render",
     "plot_visualizations",
     "visualize",
 ]
@@ -158,6 +159,12 @@ def _channel_list(channels: Any, depth: int, layer: str) -> tuple[int, ...]:
         raise ConfigError(f"channels {list(items)} name a channel twice: each channel gets one "
                           "image, name it once.")
     return tuple(int(c) for c in items)
+
+
+def check_render(size: Any, steps: Any, seed: Any) -> tuple[int, int, int]:
+    """``(size, steps, seed)`` checked against their bounds (a ConfigError otherwise)."""
+    return (_bounded("size", size, SIZE_RANGE), _bounded("steps", steps, STEPS_RANGE),
+            _bounded("seed", seed, (0, 2**63 - 1)))
 
 
 def _depth(m: Model, name: str, size: int) -> int:
@@ -345,7 +352,8 @@ def _deterministic() -> Iterator[None]:
 
 
 def _optimise(m: Model, name: str, channels: tuple[int, ...], size: int, steps: int,
-              seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              seed: int, progress: Callable[[int, int], Any] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(final images, final activations, starting activations)``."""
     generators = _generators(seed, channels)
     image = FourierImage(generators, m.preprocess.channels, size, m.device)
@@ -356,7 +364,9 @@ def _optimise(m: Model, name: str, channels: tuple[int, ...], size: int, steps: 
     optimiser = torch.optim.Adam([image.spectrum], lr=LEARNING_RATE)
     relus = [mod for mod in m.module.modules() if isinstance(mod, torch.nn.ReLU)]
     asleep = bool((start <= 0).any())
-    for _ in range(steps):
+    for step in range(steps):
+        if progress is not None:
+            progress(step, steps)
         optimiser.zero_grad(set_to_none=True)
         # while a channel is zero for its image, ReLUs let the gradient wake it (Lucid's
         # redirection); afterwards the plain gradient, which costs less
@@ -365,13 +375,16 @@ def _optimise(m: Model, name: str, channels: tuple[int, ...], size: int, steps: 
         (-score.sum()).backward()
         optimiser.step()
         asleep = bool((score <= 0).any())
+    if progress is not None:
+        progress(steps, steps)
     with torch.no_grad():
         final = image()
         return final, measure(final), start
 
 
 def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: int = 128,
-              steps: int = 256, seed: int = 0) -> Visualization:
+              steps: int = 256, seed: int = 0,
+              progress: Callable[[int, int], Any] | None = None) -> Visualization:
     """Render, for each channel, an image that maximises its mean activation at ``layer``.
 
     Gradient ascent on a decorrelated Fourier parametrisation with random jitter, scale and
@@ -386,6 +399,7 @@ def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: in
         size: image side in pixels (16 to 1024).
         steps: optimisation steps (1 to 10,000).
         seed: the images are the same for the same seed (and channel).
+        progress: ``progress(steps done, steps)`` as the optimisation runs.
 
     Returns:
         :class:`Visualization`: the images ``(N, 3, size, size)`` in ``[0, 1]``, each channel's
@@ -404,14 +418,13 @@ def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: in
     """
     began = time.perf_counter()
     m = as_model(model)
-    size, steps = _bounded("size", size, SIZE_RANGE), _bounded("steps", steps, STEPS_RANGE)
-    seed = _bounded("seed", seed, (0, 2**63 - 1))
+    size, steps, seed = check_render(size, steps, seed)
     name = m.one_layer(layer)
     chosen = _channel_list(channels, _depth(m, name, size), name)
     _check_memory(m, name, len(chosen), size)
     notes = [ASSUMED_NOTE.format(m.preprocess.describe())] if m.assumed_preprocess else []
     with inference_state(m.module, notes=notes), _deterministic():
-        images, final, start = _optimise(m, name, chosen, size, steps, seed)
+        images, final, start = _optimise(m, name, chosen, size, steps, seed, progress)
     return Visualization(m.name, name, chosen, images.cpu().numpy().astype(np.float32),
                          final.cpu().numpy().astype(np.float64),
                          start.cpu().numpy().astype(np.float64), size, steps, seed,
