@@ -206,3 +206,12 @@ def test_bad_input_is_one_line(shapes, pairs, tmp_path):
                             out=tmp_path / "pooled.zarr", batch_size=4).path
     with pytest.raises(ConfigError, match="max2-pooled"):
         dissect(None, store, layers="backbone.block1")
+
+
+def test_a_concept_set_named_twice_is_scored_once(pairs):
+    from featuremap.atlas.concepts import resolve_concepts
+
+    once = resolve_concepts(["colour", "masks"], classes=CLASSES, has_masks=True, source="x")
+    twice = resolve_concepts(["masks", "colour", "shapes", "colors"], classes=CLASSES,
+                             has_masks=True, source="x")
+    assert sorted(type(s).__name__ for s in twice) == sorted(type(s).__name__ for s in once)

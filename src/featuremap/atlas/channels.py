@@ -43,7 +43,7 @@ from featuremap.atlas.visualization import Visualization, check_render, visualiz
 from featuremap.errors import ConfigError, printable
 from featuremap.model import Model, as_model
 
-__all__ = ["GROUP", "ChannelAtlas", "channel_atlas"]
+__all__ = ["GROUP", "ChannelAtlas", "channel_atlas", "parse_channels"]
 
 GROUP = 16  # channels rendered together (one batch of images)
 SORT_KEYS = ("channel", "mean", "top", "iou", "concept", "rendered")
@@ -185,6 +185,40 @@ class ChannelAtlas:
         from featuremap.atlas.page import save_page
 
         return save_page(self, path, overwrite=overwrite, sort=sort)
+
+
+def parse_channels(text: str, *, limit: int = 1 << 20) -> list[int] | None:
+    """Channels written as text: ``"0-15,32,40-47"`` (ranges inclusive), or ``"all"`` (None).
+
+    Raises:
+        ConfigError: anything else, a range that runs backwards, or more than ``limit``
+            channels.
+
+    Example:
+        >>> parse_channels("0-3,9")
+        [0, 1, 2, 3, 9]
+    """
+    words = [w.strip() for w in str(text).split(",") if w.strip()]
+    if [w.lower() for w in words] == ["all"]:
+        return None
+    chosen: list[int] = []
+    for word in words:
+        low, dash, high = word.partition("-")
+        try:
+            a, b = int(low), int(high if dash else low)
+        except ValueError:
+            a, b = 0, -1
+        if not (low.strip().isdigit() and (not dash or high.strip().isdigit())) or b < a:
+            raise ConfigError(f"channels are numbers and ranges such as 0-15,32 (or 'all'), "
+                              f"got '{printable(str(text))[:60]}'.")
+        if len(chosen) + b - a + 1 > limit:
+            raise ConfigError(f"'{printable(str(text))[:60]}' names more than {limit:,} "
+                              "channels.")
+        chosen.extend(range(a, b + 1))
+    if not chosen:
+        raise ConfigError("channels is empty: give numbers and ranges such as 0-15,32, or "
+                          "'all'.")
+    return list(dict.fromkeys(chosen))
 
 
 def _listed(values: Sequence[int]) -> str:

@@ -221,6 +221,7 @@ def resolve_concepts(concepts: Any, *, classes: Sequence[str] | None, has_masks:
     elif isinstance(concepts, (str, ConceptSet)):
         concepts = [concepts]
     out: list[ConceptSet] = []
+    named: set[str] = set()  # a set named twice ('masks,shapes') is scored once
     for item in concepts:
         if isinstance(item, ConceptSet):
             out.append(item)
@@ -233,6 +234,9 @@ def resolve_concepts(concepts: Any, *, classes: Sequence[str] | None, has_masks:
             raise unknown_name("concept set", printable(item), CONCEPT_NAMES,
                                hint="Concept sets: colour (from the pixels), masks (the "
                                     "classes of image/mask pairs).")
+        if kind in named:
+            continue
+        named.add(kind)
         if kind == "colour":
             out.append(ColourTerms())
         elif not has_masks or not classes:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from featuremap.cli import basics, explore, networks, store, uses  # noqa: F401 - they register commands
+from featuremap.cli import basics, channels, explore, networks, store, uses  # noqa: F401 - they register commands
 from featuremap.cli.common import WRITTEN, app
 from featuremap.errors import FeaturemapError, printable
 
