@@ -215,3 +215,20 @@ def test_the_page_sorts_and_filters_in_a_browser(atlas, tmp_path):
         assert loaded, "an inline image did not decode"
         page.screenshot(path=str(tmp_path / "atlas.png"), full_page=True)
         assert errors == []
+
+
+def test_atlas_rows_figure(atlas, tmp_path):
+    from PIL import Image
+
+    from featuremap.plot import plot_atlas_rows, save_figure
+
+    fig = plot_atlas_rows([atlas, atlas], channels=[17, 40])
+    axes_with_images = [ax for ax in fig.axes if ax.images]
+    assert len(axes_with_images) == 2 * (1 + 4)  # rendered + 4 patches per row
+    path = save_figure(fig, tmp_path / "rows.png")
+    width, height = Image.open(path).size
+    assert width > 600 and 200 < height < width
+    with pytest.raises(ConfigError, match="no atlas"):
+        plot_atlas_rows([])
+    with pytest.raises(ConfigError, match="not in this atlas"):
+        plot_atlas_rows([atlas], channels=[18])

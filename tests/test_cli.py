@@ -93,8 +93,20 @@ def test_demo_writes_self_contained_html(tmp_path, capsys):
     assert "src=\"http" not in text and "href=\"http" not in text
     for words in ("stride 4", "depth 16", "sum of products", "Object recognition",
                   "Image segmentation", "low to high", "Receptive fields",
-                  "52 + (3 - 1) x 1 x 8 = 68", "whole image"):
+                  "52 + (3 - 1) x 1 x 8 = 68", "whole image", "What does each channel detect?",
+                  "One atlas row per layer"):
         assert words in text
+
+
+def test_the_demo_s_verdict_follows_the_measured_curve():
+    from featuremap.demo import _verdict
+
+    layers = ["b.block1", "b.block2"]
+    rising = _verdict({"shape": [0.1, 0.8], "colour": [0.5, 0.0]}, layers)
+    assert "high-level later holds" in rising and "low-level first holds" in rising
+    assert "block1 10%, block2 80%" in rising
+    flat = _verdict({"shape": [0.5, 0.2], "colour": [0.0, 0.0]}, layers)
+    assert "high-level later does not show" in flat and "low-level first does not show" in flat
 
 
 def test_version(capsys):

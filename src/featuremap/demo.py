@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featuremap import plot
 from featuremap.report import Report
 from featuremap.toy import compute_maps, explain_value
@@ -256,6 +258,58 @@ def _uses(report: Report, image, *, scene_seed: int, photo_size: int, device=Non
                   "(backbone.block1 and block2, upsampled to the image) into 4 segments.")
 
 
+def _channels(report: Report, *, scenes: int = 160, device=None) -> None:
+    """What the bundled network's channels detect, layer by layer (the channel atlas)."""
+    import tempfile
+
+    from featuremap.atlas import channel_atlas, dissect
+    from featuremap.bundled.scenes import save_dataset
+    from featuremap.zoo import load_model
+
+    model = load_model("shapes", device=device)
+    layers = [f"backbone.block{i}" for i in range(1, 5)]
+    report.section(
+        "What does each channel detect?",
+        "Early layers are said to capture low-level patterns and later ones high-level features. "
+        f"Measured here instead of asserted: {scenes} held-out generated scenes with their masks, "
+        "each channel's strongest 0.5% of values compared with 11 colour terms and the 7 shapes "
+        "(network dissection: a channel detects a concept when the IoU reaches 0.04).")
+    with tempfile.TemporaryDirectory(prefix="featuremap-demo-") as tmp:
+        data = save_dataset(f"{tmp}/scenes", scenes, seed=12345, layout="segmentation")
+        d = dissect(model, data, layers=layers)
+        report.figure(plot.plot_dissection(d), "Share of channels per layer that detect a "
+                      "colour, a shape or nothing (left), and how close the channels come to "
+                      "each kind of concept (right).")
+        report.text(_verdict(d.curve, layers))
+        atlases = []
+        for layer in d.layers:
+            best = int(np.argmax(layer.best_iou))
+            atlases.append(channel_atlas(model, data, layer=layer.layer, channels=[best], k=6,
+                                         steps=128))
+    report.figure(plot.plot_atlas_rows(atlases),
+                  "One atlas row per layer: the channel with the best IoU of each block, the "
+                  "image rendered to drive it, and the 6 scene regions that drive it hardest. "
+                  "Every channel of a layer, sortable: featuremap atlas DIR --layer "
+                  "backbone.block3 --out atlas.html.")
+
+
+def _verdict(curve: dict[str, list[float]], layers: list[str]) -> str:
+    """What the dissection curve says of 'low-level first, high-level later', in words."""
+    shape, colour = curve["shape"], curve["colour"]
+    low, high = layers[0].split(".")[-1], layers[-1].split(".")[-1]
+    said = [f"Shape detectors (a high-level concept here): {low} {shape[0]:.0%}, {high} "
+            f"{shape[-1]:.0%} ({', '.join(f'{v:.0%}' for v in shape)} from low to high): "
+            + ("high-level later holds." if shape[-1] > shape[0] else
+               "high-level later does not show in this measure.")]
+    said.append(f"Colour detectors (low-level): {', '.join(f'{v:.0%}' for v in colour)}: "
+                + ("low-level first holds." if colour[0] > colour[-1] else
+                   "low-level first does not show as colour detectors. Early channels fire on "
+                   "colour edges and textures (see their top patches): small parts of the "
+                   "large areas a colour covers, which keeps their IoU with a whole colour "
+                   "low."))
+    return " ".join(said)
+
+
 def build_demo(
     image: str = "sample:astronaut",
     *,
@@ -287,5 +341,7 @@ def build_demo(
     _receptive(report, image, photo_size=photo_size, device=device)
     say("recognition and segmentation")
     _uses(report, image, scene_seed=scene_seed, photo_size=photo_size, device=device)
+    say("what each channel detects")
+    _channels(report, device=device)
     report.text(f"Built in {time.perf_counter() - start:.1f} s.")
     return report.save(out)

@@ -177,7 +177,7 @@ def demo(
     overwrite: Overwrite = False,
 ) -> None:
     """Write a self-contained HTML report: feature maps tuned and explained, a network low to
-    high, receptive fields, recognition and segmentation."""
+    high, receptive fields, recognition and segmentation, what each channel detects."""
     from featuremap.demo import build_demo
     from featuremap.images import load_image
     from featuremap.model import resolve_device

@@ -22,7 +22,7 @@ importable from here.
 
 from __future__ import annotations
 
-from featuremap.plot.atlas import plot_dissection, plot_top_patches
+from featuremap.plot.atlas import plot_atlas_rows, plot_dissection, plot_top_patches
 from featuremap.plot.explanation import plot_explanation
 from featuremap.plot.figure import FIGURE_SUFFIXES, literal_text, plain_text, save_figure
 from featuremap.plot.maps import Panel, plot_comparison, plot_image, plot_maps
@@ -46,6 +46,7 @@ __all__ = [
     "Scale",
     "literal_text",
     "plot_comparison",
+    "plot_atlas_rows",
     "plot_dissection",
     "plot_explanation",
     "plot_filters",

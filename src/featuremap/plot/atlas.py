@@ -17,7 +17,7 @@ from featuremap.plot.figure import literal_plot, new_figure, plain_text, wrap_ti
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["CATEGORY_COLOURS", "plot_dissection", "plot_top_patches"]
+__all__ = ["CATEGORY_COLOURS", "plot_atlas_rows", "plot_dissection", "plot_top_patches"]
 
 CATEGORY_COLOURS = {"colour": "#e39b2d", "shape": "#3b6fd4", "class": "#4aa564",
                     "none": "#c8c8c8"}
@@ -134,4 +134,62 @@ def plot_dissection(result: Any, *, inches: float = 1.1) -> Figure:
     fig.suptitle(wrap_title(f"dissection of {result.model} on {result.n_images:,} images: top "
                             f"{result.quantile:.1%} of each channel against "
                             f"{len(result.concepts)} concepts", fig, 10), fontsize=10)
+    return fig
+
+
+@literal_plot
+def plot_atlas_rows(atlases: Sequence[Any], channels: Sequence[int] | None = None, *,
+                    inches: float = 1.05) -> Figure:
+    """One atlas row per :class:`~featuremap.atlas.ChannelAtlas` (a layer each, low to high):
+    the channel's rendered image, then its top patches best first (hatched grey: field
+    outside the image), labelled on the left with the layer, channel, concept and IoU.
+
+    Args:
+        atlases: the atlases, one row each.
+        channels: the channel of each row (default: each atlas's first channel).
+        inches: the side of one patch.
+
+    Raises:
+        ConfigError: no atlas, or a channel an atlas does not hold.
+    """
+    if not atlases:
+        raise ConfigError("no atlas to draw.")
+    chosen = [a.channels[0] for a in atlases] if channels is None else list(channels)
+    rows = [a.row(c) for a, c in zip(atlases, chosen)]  # ConfigError for a channel not held
+    k = max(len(r["patches"]) for r in rows)
+    cols = 1 + k
+    label_in = 1.9
+    fig = new_figure(label_in + inches * cols + 0.3, (inches + 0.45) * len(rows) + 0.75)
+    grid = fig.add_gridspec(len(rows), cols, left=label_in / fig.get_figwidth(), right=0.99,
+                            top=1 - 0.7 / fig.get_figheight(), bottom=0.02, hspace=0.6,
+                            wspace=0.1)
+    for i, (atlas, channel, row) in enumerate(zip(atlases, chosen, rows)):
+        index = atlas.channels.index(channel)
+        patches = atlas.patches.patches[index]
+        vis = atlas.visualization
+        ax = fig.add_subplot(grid[i, 0])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if vis is not None:
+            ax.imshow(np.clip(np.moveaxis(vis.images[index], 0, -1), 0, 1))
+            ax.set_title(f"rendered\nmean {row['rendered']:.3g}", fontsize=6.5, pad=2)
+        else:
+            ax.set_axis_off()
+        concept = (f"{row['concept']} ({row['category']})" if row["detector"] else
+                   f"none (best: {row['concept']})")
+        ax.text(-0.12, 0.5, f"{plain_text(atlas.layer)}\nchannel {channel}\n"
+                f"{plain_text(concept)}\nIoU {row['iou']:.3f}\nmean {row['mean']:.3g}",
+                transform=ax.transAxes, ha="right", va="center", fontsize=7.5)
+        for j in range(k):
+            ax = fig.add_subplot(grid[i, 1 + j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(patches):
+                ax.set_axis_off()
+                continue
+            _patch_axes(ax, patches[j])
+    models = ", ".join(dict.fromkeys(str(a.model) for a in atlases))
+    fig.suptitle(wrap_title(f"{models}: one channel per layer, low to high: the image rendered "
+                            "to drive it, then its top patches (value and image under each)",
+                            fig, 9.5), fontsize=9.5)
     return fig
