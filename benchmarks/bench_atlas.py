@@ -21,10 +21,16 @@ model.
     scenes (seed 12345), the share of detectors per category from low to high, and
     ``check_labels``: for every shape detector, the share of its top 9 patches that lie on its
     shape. ``--figures DIR`` writes the dissection and one detector's patches as PNGs.
+(e) The atlas of one layer (``channel_atlas``, every channel, no rendering) against the calls
+    it joins, on the same segmentation scenes, interleaved round by round: ``dissect`` of the
+    layer alone, and ``dissect`` then ``top_patches`` as a user would call them one after the
+    other. One forward pass per batch feeds the top patches, the mean activation and the
+    dissection's first pass, so the atlas should cost about ``dissect`` alone plus the crops,
+    and less than the two calls together (target: atlas / (dissect + top_patches) < 0.8x).
 
 Usage:
     python benchmarks/bench_atlas.py [--rounds 5] [--images 640] [--sizes 400,4000]
-                                     [--scenes 300] [--parts abcd] [--figures DIR] [--json PATH]
+                                     [--scenes 300] [--parts abcde] [--figures DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -267,13 +273,57 @@ def dissection(n: int, tmp: Path, figures: Path | None) -> dict:
     return {"dissection": d.to_dict()["curve"], "seconds": took, "check": check.to_dict()}
 
 
+def joined(rounds: int, n: int, tmp: Path) -> dict:
+    import torch
+
+    from featuremap.atlas import channel_atlas, dissect, top_patches
+    from featuremap.bundled.scenes import save_dataset
+    from featuremap.zoo import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model("shapes")
+    data = save_dataset(tmp / "joined", n, seed=8, layout="segmentation")
+    out = {}
+    for layer in ("backbone.block1", "backbone.block3"):
+        def one_dissect(layer: str = layer) -> None:
+            dissect(model, data, layers=[layer])
+
+        def both(layer: str = layer) -> None:
+            dissect(model, data, layers=[layer])
+            top_patches(model, data, layer=layer, k=9)
+
+        def atlas(layer: str = layer) -> None:
+            channel_atlas(model, data, layer=layer, k=9, visualize=False)
+
+        methods = {"dissect": one_dissect, "dissect+top_patches": both, "atlas": atlas}
+        for method in methods.values():  # warm-up
+            method()
+        times: dict[str, list[float]] = {k: [] for k in methods}
+        for r in range(rounds):
+            order = list(methods) if r % 2 == 0 else list(methods)[::-1]
+            for name in order:
+                start = time.perf_counter()
+                methods[name]()
+                times[name].append(time.perf_counter() - start)
+        ratio = {k: statistics.median(a / b for a, b in zip(times["atlas"], times[k]))
+                 for k in ("dissect", "dissect+top_patches")}
+        out[layer] = {"images": n, "rounds": rounds,
+                      "seconds": {k: statistics.median(v) for k, v in times.items()},
+                      "atlas_over": ratio}
+        print(f"{layer}: {n} scenes, {rounds} rounds; seconds: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in out[layer]["seconds"].items())
+            + f"; atlas / dissect {ratio['dissect']:.3f}x, atlas / (dissect + top_patches) "
+            f"{ratio['dissect+top_patches']:.3f}x (target < 0.8x)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--sizes", default="400,4000")
     parser.add_argument("--scenes", type=int, default=300)
-    parser.add_argument("--parts", default="abcd")
+    parser.add_argument("--parts", default="abcde")
     parser.add_argument("--figures", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -294,6 +344,8 @@ def main() -> None:
             figures["quantiles"] = quantiles(tmp)
         if "d" in args.parts:
             figures["dissection"] = dissection(args.scenes, tmp, args.figures)
+        if "e" in args.parts:
+            figures["atlas"] = joined(args.rounds, args.scenes, tmp)
     figures["load_average_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
