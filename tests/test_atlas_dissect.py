@@ -122,6 +122,21 @@ def test_result_layers_concepts_text_and_figure(result, tmp_path):
     assert fm.dissect is dissect
 
 
+def test_many_layers_are_drawn_one_panel_above_the_other(result, tmp_path):
+    import dataclasses
+
+    layers = [dataclasses.replace(result.layers[i % 2], layer=f"backbone.layer{i}.conv")
+              for i in range(12)]
+    fig = plot_dissection(dataclasses.replace(result, layers=layers))
+    fig.canvas.draw()
+    shares, iou = fig.axes[:2]
+    assert shares.get_position().y0 > iou.get_position().y1  # stacked
+    assert [t.get_text() for t in shares.get_xticklabels()][0] == "backbone.layer0.conv (16 ch)"
+    assert shares.get_xticklabels()[0].get_rotation() == 40  # more than ten: slanted
+    assert shares.get_xlim() == iou.get_xlim() == (-0.5, 11.5)
+    assert save_figure(fig, tmp_path / "many.png").stat().st_size > 0
+
+
 def test_colour_names_of_the_prototypes_and_cielab():
     pixels = np.array(list(PROTOTYPES.values()), np.float32).T[:, :, None] / 255  # (3, 11, 1)
     assert [COLOUR_TERMS[i] for i in colour_names(pixels)[:, 0]] == list(COLOUR_TERMS)

@@ -6,7 +6,8 @@ overwrite check applies to ``maps.png``). :func:`free_path` picks a default name
 nothing. :func:`atomic_write`, :func:`atomic_path`, :func:`atomic_paths` and
 :func:`atomic_folder` write into a temporary name in the target's own folder and move it into
 place only once the writing succeeded: an error or Ctrl-C leaves no partial file, and an
-existing file untouched.
+existing file untouched; :func:`write_json` writes a result's ``to_dict()`` so (NaN as
+``null``, :func:`finite`).
 
 Standard library only (level 1): no NumPy, torch or matplotlib here. Paths shown in messages
 pass through :func:`~featuremap.errors.printable`, so a hostile file name cannot reach the
@@ -16,6 +17,8 @@ terminal raw.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import signal
@@ -24,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from featuremap.errors import ConfigError, printable
 
@@ -34,7 +37,9 @@ __all__ = [
     "atomic_paths",
     "atomic_write",
     "check_output",
+    "finite",
     "free_path",
+    "write_json",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -462,3 +467,23 @@ def _check_empty_folder(target: Path) -> None:
         if any(target.iterdir()):
             raise ConfigError(f"{_q(target)} exists and is not an empty folder; choose a new "
                               "folder.")
+
+
+def finite(data: Any) -> Any:
+    """JSON without NaN or infinity (``null`` instead)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    """``data`` as indented JSON (NaN and infinity as ``null``), written whole or not at all;
+    returns the path written."""
+    text = json.dumps(finite(data), indent=2, allow_nan=False) + "\n"
+    with atomic_write(path, mode="w") as f:
+        f.write(text)
+    return Path(path)

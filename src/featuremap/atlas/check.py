@@ -25,11 +25,11 @@ import numpy as np
 
 from featuremap.atlas.dissect import Dissection
 from featuremap.atlas.patches import Patch, top_patches
-from featuremap.atlas.sources import open_source
+from featuremap.atlas.sources import MapSource, open_source
 from featuremap.datasets import read_mask
 from featuremap.errors import ConfigError, printable
 
-__all__ = ["LabelCheck", "check_labels", "on_concept"]
+__all__ = ["LabelCheck", "check_labels", "labelled_source", "on_concept"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,22 @@ def on_concept(patch: Patch, mask: np.ndarray, label: int, *,
     return bool((region == label).any())
 
 
+def labelled_source(model: Any, source: Any, layers: Any, *, batch_size: int = 32
+                    ) -> MapSource:
+    """The image/mask pairs (or a store of them) a label check reads, opened: no image is
+    read, so a command can refuse a source without masks before it dissects.
+
+    Raises:
+        ConfigError: a source without masks or class names, no model, bad ``batch_size``.
+        UnknownNameError: an unknown layer.
+    """
+    maps_of = open_source(model, source, layers=layers, batch_size=batch_size)
+    if not maps_of.has_masks or not maps_of.classes:
+        raise ConfigError(f"checking labels needs the image/mask pairs the dissection read; "
+                          f"'{maps_of.description}' has no masks.")
+    return maps_of
+
+
 def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
                  batch_size: int = 32) -> LabelCheck:
     """For every detector of a shape or class in ``dissection``, the share of its top ``k``
@@ -92,11 +108,8 @@ def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
     Raises:
         ConfigError: a source without masks.
     """
-    maps_of = open_source(model, source, layers=[d.layer for d in dissection.layers],
-                          batch_size=batch_size)
-    if not maps_of.has_masks or not maps_of.classes:
-        raise ConfigError(f"checking labels needs the image/mask pairs the dissection read; "
-                          f"'{maps_of.description}' has no masks.")
+    maps_of = labelled_source(model, source, [d.layer for d in dissection.layers],
+                              batch_size=batch_size)
     share = dict(zip(dissection.concepts, dissection.concept_share))
     rows = []
     for d in dissection.layers:

@@ -171,6 +171,15 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
+def check_settings(batch_size: Any, pool: Any) -> int:
+    """The minibatch size (an integer >= 4) and the pooling (``"none"`` or ``"avg"``) of
+    :func:`similarity`, checked; returns the size."""
+    size = _check_batch_size(batch_size)
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}.")
+    return size
+
+
 def _pairs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.dim() < 2 or y.dim() < 2 or x.shape[0] != y.shape[0]:
@@ -353,7 +362,7 @@ def _run_models(a: _Side, b: _Side | None, source: Any, batch_size: int,
                 ) -> tuple[_Accumulator, list[str], dict[str, str]]:
     """Accumulate HSIC over the minibatches of ``source``: a tensor (used as given) or a
     dataset (each model's normalisation applied to the same decoded images)."""
-    acc, left_out, skipped = _Accumulator(), [0], {}
+    acc, left_out, skipped, pairs = _Accumulator(), [0], {}, False
 
     def add(images: torch.Tensor, normalise: bool) -> None:
         if images.shape[0] < MIN_BATCH:
@@ -369,6 +378,9 @@ def _run_models(a: _Side, b: _Side | None, source: Any, batch_size: int,
         collection = source if isinstance(source, Collection) else open_collection(source)
         pre = a.model.preprocess
         raw = dataclasses.replace(pre, mean=(0.0,) * pre.channels, std=(1.0,) * pre.channels)
+        pairs = collection.kind == "pairs"
+        if pairs:  # image/mask pairs are read at their own size (as dissect reads them)
+            raw = dataclasses.replace(raw, resize=None, crop=None)
         with batches(collection, load=collection.reader(preprocess=raw), batch_size=batch_size,
                      progress=progress) as stream:
             for batch in stream:
@@ -376,7 +388,10 @@ def _run_models(a: _Side, b: _Side | None, source: Any, batch_size: int,
                     add(torch.from_numpy(group.images), True)
         skipped = {printable(os.fspath(s.item.path)): s.reason for s in stream.skipped}
     notes = []
-    if b is not None and not isinstance(source, (torch.Tensor, np.ndarray)):
+    if b is not None and pairs:
+        notes.append("both models saw the images of the image/mask pairs at their own size, "
+                     "each with its own normalisation")
+    elif b is not None and not isinstance(source, (torch.Tensor, np.ndarray)):
         size = (a.model.preprocess.resize, a.model.preprocess.crop)
         if (b.model.preprocess.resize, b.model.preprocess.crop) != size:
             notes.append(f"both models saw the images resized and cropped as {a.model.name} "
@@ -449,7 +464,8 @@ def similarity(model: Any, source: Any, *, layers: str | Sequence[str] | None = 
             or an ``nn.Module``; with a store as ``source``, None or the model that made it.
         source: a dataset (a folder, class folders, a list file, a glob or a
             :class:`~featuremap.datasets.Collection`: decoded once, each model's normalisation
-            applied to the same images, the first model's resize and crop), a tensor or array
+            applied to the same images, the first model's resize and crop; image/mask pairs
+            at their own size, as :func:`featuremap.dissect` reads them), a tensor or array
             ``(N, C, H, W)`` of prepared images (used as given by both models), or a store
             written by :func:`featuremap.extract_dataset` (its maps read one minibatch at a
             time, no network runs).
@@ -469,8 +485,9 @@ def similarity(model: Any, source: Any, *, layers: str | Sequence[str] | None = 
 
     Raises:
         UnknownNameError: an unknown layer (with a did-you-mean).
-        ConfigError: ``batch_size`` < 4, an unknown pool, layers without features per image,
-            no images, a minibatch too large for memory (refused before it runs).
+        ConfigError: ``batch_size`` < 4, an unknown pool (:func:`check_settings`), layers
+            without features per image, no images, a minibatch too large for memory (refused
+            before it runs).
 
     Example:
         >>> s = similarity(load_model("shapes"), "shapes-data", layers="backbone.block*",
@@ -480,9 +497,7 @@ def similarity(model: Any, source: Any, *, layers: str | Sequence[str] | None = 
     """
     from featuremap.tasks.fromstore import as_store
 
-    size = _check_batch_size(batch_size)
-    if pool not in POOLS:
-        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}.")
+    size = check_settings(batch_size, pool)
     store = as_store(source) if not isinstance(source, (torch.Tensor, np.ndarray)) else None
     if store is not None:
         acc, notes, a, b = _run_stores(model, store, layers, other, other_layers, size, pool)
@@ -546,6 +561,9 @@ def plot_similarity(result: Similarity, *, values: bool | None = None) -> Figure
         for (i, j), v in np.ndenumerate(result.matrix):
             ax.text(j, i, "nan" if math.isnan(v) else f"{v:.2f}", ha="center", va="center",
                     fontsize=7, color="black" if not v < 0.6 else "white")
-    fig.colorbar(image, ax=ax, shrink=0.85).set_label("linear CKA", fontsize=9)
-    ax.set_title(wrap_title(result.title, fig, 9), fontsize=9)
+    bar = fig.colorbar(image, ax=ax, shrink=0.85)
+    bar.set_label("linear CKA", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    # over the whole figure (the colour bar included), so that a long title never runs into it
+    fig.suptitle(wrap_title(result.title, fig, 9), fontsize=9)
     return literal_text(fig)

@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from featuremap.cli import basics, channels, explore, networks, store, uses  # noqa: F401 - they register commands
+from featuremap.cli import (  # noqa: F401 - they register commands
+    atlas,
+    basics,
+    channels,
+    explore,
+    networks,
+    store,
+    uses,
+)
 from featuremap.cli.common import WRITTEN, app
 from featuremap.errors import FeaturemapError, printable
 

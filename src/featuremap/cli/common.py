@@ -66,6 +66,17 @@ DeviceOpt = Annotated[str, typer.Option(
 SaveMaps = Annotated[Path | None, typer.Option(
     "--save-maps", help="Also save the raw maps to this .npz file (float32, one array per "
     "layer).")]
+# commands that read a dataset folder, or a store that 'featuremap extract' wrote from one
+StoreModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model name (see 'featuremap models'), e.g. shapes, resnet18. Default: "
+    "shapes; with a store, none is loaded (its maps are used as they are): a model given is "
+    "loaded and must be the one that made the store.")]
+StoreWeightsOpt = Annotated[str | None, typer.Option(
+    help="DEFAULT (the default), random, a torchvision weights name, or a .pth/.pt/.safetensors "
+    "file; with a store, given alone, checks that the store's model had these weights.")]
+StoreLayers = Annotated[str | None, typer.Option(
+    "--layers", help="Comma-separated layers (required for a folder; with a store, default: "
+    "all the layers it holds).")]
 
 PICTURES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".webp")
 
@@ -217,3 +228,33 @@ def load(model: str, weights: str, device: str = "auto", *, quiet: bool = False)
     for text in [] if quiet else loaded.notes:
         note(text)
     return loaded
+
+
+def data_and_model(data: Any, layers: str | None, model: str | None, weights: str | None,
+                   device: str, *, need_model: bool = False):
+    """``(data, model, layers)`` of a command that reads a folder or a store: a folder needs a
+    model (shapes unless --model says otherwise) and --layers; a store needs neither, and a
+    model given (--model or --weights), or needed (``need_model``: the store's own), is loaded
+    so that the library checks it made the store."""
+    from featuremap.tasks.fromstore import as_store
+
+    store = as_store(data)
+    chosen = names(layers, "layers") if layers is not None else None
+    if store is None:
+        if chosen is None:
+            raise ConfigError("--layers is required for a dataset folder (only a store has "
+                              "default layers: the ones it holds).")
+        return data, load(model or "shapes", weights or "DEFAULT", device), chosen
+    if model is None and weights is None and not need_model:
+        return store, None, chosen
+    return store, load(model or store.header.model, weights or "DEFAULT", device), chosen
+
+
+def list_skipped(skipped: Any) -> None:
+    """The first five images a run could not read, with the reasons, on stderr."""
+    items = list(skipped.items()) if isinstance(skipped, dict) else [(s, "") for s in skipped]
+    for name, why in items[:5]:
+        typer.echo(f"skipped {printable(name)}" + (f": {printable(why)}" if why else ""),
+                   err=True)
+    if len(items) > 5:
+        typer.echo(f"... and {len(items) - 5} more skipped", err=True)

@@ -14,10 +14,15 @@ from featuremap.cli.common import (
     Image,
     ModelOpt,
     Overwrite,
+    StoreLayers,
+    StoreModelOpt,
+    StoreWeightsOpt,
     WeightsOpt,
     app,
     console,
+    data_and_model,
     emit,
+    list_skipped,
     load,
     names,
     progress,
@@ -32,16 +37,6 @@ HEADS = (".safetensors",)
 DataOrStore = Annotated[Path, typer.Argument(
     metavar="DATA_DIR", help="A dataset folder (see below), or a store that 'featuremap extract' "
     "wrote from one: its stored maps are used, no network runs.")]
-StoreModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="Model name (see 'featuremap models'), e.g. shapes, resnet18. Default: "
-    "shapes; with a store, none is loaded (its maps are used as they are): a model given is "
-    "loaded and must be the one that made the store.")]
-StoreWeightsOpt = Annotated[str | None, typer.Option(
-    help="DEFAULT (the default), random, a torchvision weights name, or a .pth/.pt/.safetensors "
-    "file; with a store, given alone, checks that the store's model had these weights.")]
-StoreLayers = Annotated[str | None, typer.Option(
-    "--layers", help="Comma-separated layers (required for a folder; with a store, default: "
-    "all the layers it holds).")]
 
 
 @app.command(epilog="Examples:\n\n  featuremap classify docs/scene.png\n\n"
@@ -124,33 +119,14 @@ def probe(
     path = target(out, "probes.safetensors", overwrite, suffixes=HEADS)
     _sidecar_free(path, overwrite)
     check_options(test_fraction, batch_size, 1e-3)
-    data, loaded, chosen = _source(data_dir, layers, model, weights, device)
+    data, loaded, chosen = data_and_model(data_dir, layers, model, weights, device)
     bar, tick = progress("images")
     with bar:
         result = probe_fn(loaded, data, layers=chosen, test_fraction=test_fraction,
                           seed=seed, batch_size=batch_size, progress=tick)
     emit(result)
-    _skipped(result.skipped)
+    list_skipped(result.skipped)
     wrote(*result.save(path, overwrite=overwrite))
-
-
-def _source(data_dir: Path, layers: str | None, model: str | None, weights: str | None,
-            device: str):
-    """``(data, model, layers)`` for probe and fit-seg: a folder needs a model (shapes unless
-    --model says otherwise) and --layers; a store needs neither, and a model given
-    (--model or --weights) is loaded so that the library checks it made the store."""
-    from featuremap.tasks.fromstore import as_store
-
-    store = as_store(data_dir)
-    chosen = names(layers, "layers") if layers is not None else None
-    if store is None:
-        if chosen is None:
-            raise ConfigError("--layers is required for a dataset folder (only a store has "
-                              "default layers: the ones it holds).")
-        return data_dir, load(model or "shapes", weights or "DEFAULT", device), chosen
-    if model is None and weights is None:
-        return store, None, chosen
-    return store, load(model or store.header.model, weights or "DEFAULT", device), chosen
 
 
 def _sidecar_free(path: Path, overwrite: bool) -> None:
@@ -160,15 +136,6 @@ def _sidecar_free(path: Path, overwrite: bool) -> None:
         raise ConfigError(f"'{printable(sidecar)}' exists (it would be written beside "
                           f"'{printable(path.name)}'): pass --overwrite to replace it, or choose "
                           "another --out.")
-
-
-def _skipped(skipped) -> None:
-    items = list(skipped.items()) if isinstance(skipped, dict) else [(s, "") for s in skipped]
-    for name, why in items[:5]:
-        typer.echo(f"skipped {printable(name)}" + (f": {printable(why)}" if why else ""),
-                   err=True)
-    if len(items) > 5:
-        typer.echo(f"... and {len(items) - 5} more skipped", err=True)
 
 
 @app.command(epilog="Examples:\n\n  featuremap segment docs/scene.png\n\n"
@@ -259,7 +226,7 @@ def fit_seg(
         raise ConfigError(f"--ignore-index must be a mask label (an integer >= 0) or 'none', "
                           f"got '{printable(ignore_index)}'.")
     check_fit(epochs, test_fraction, batch_size, 0.05)
-    data, loaded, chosen = _source(data_dir, layers, model, weights, device)
+    data, loaded, chosen = data_and_model(data_dir, layers, model, weights, device)
     bar, tick = progress("fitting")
     with bar:
         result = fit_seg_head(loaded, data, layers=chosen, epochs=epochs, seed=seed,
@@ -268,7 +235,7 @@ def fit_seg(
     table(result.title, ("class", "IoU"), result.rows(), right=("IoU",), min_width=60)
     for line in result.summary_lines():
         typer.echo(line)
-    _skipped(result.skipped)
+    list_skipped(result.skipped)
     saved = result.save(path, overwrite=overwrite)
     wrote(saved, saved.with_suffix(".json"))
 

@@ -22,6 +22,8 @@ __all__ = ["CATEGORY_COLOURS", "plot_atlas_rows", "plot_dissection", "plot_top_p
 CATEGORY_COLOURS = {"colour": "#e39b2d", "shape": "#3b6fd4", "class": "#4aa564",
                     "none": "#c8c8c8"}
 NAME_CHARS = 22  # characters of an image name under a patch (the end of the name kept)
+SIDE_BY_SIDE = 5  # plot_dissection: up to this many layers, its two panels side by side
+SLANT_LAYERS = 10  # and beyond this many, layer names slanted
 
 
 def _short(name: str) -> str:
@@ -91,15 +93,28 @@ def plot_dissection(result: Any, *, inches: float = 1.1) -> Figure:
     """What the channels of each layer detect, from low to high layers (a
     :class:`~featuremap.atlas.Dissection`): left, stacked shares of channels that detect a
     colour, a shape, a class, or nothing; right, the median over channels of the best IoU in
-    each category, with the detector threshold."""
+    each category, with the detector threshold. With more than five layers the two panels are
+    one above the other, and with more than ten the layer names are slanted."""
     layers = [d.layer for d in result.layers]
     if not layers:
         raise ConfigError("no layer to draw: the dissection holds none.")
-    width = max(2.4, inches * len(layers))
-    fig = new_figure(2 * width + 2.6, 4.8, layout="constrained")
-    shares_ax, iou_ax = fig.subplots(1, 2)
-    x = np.arange(len(layers))
-    labels = [f"{plain_text(n)}\n({d.n_channels} ch)" for n, d in zip(layers, result.layers)]
+    n = len(layers)
+    slanted = n > SLANT_LAYERS  # many layers: narrower columns, names slanted
+    width = max(2.4, (min(inches, 0.6) if slanted else inches) * n)
+    if n > SIDE_BY_SIDE:  # one panel above the other, each as wide as the layers need
+        fig = new_figure(width + 1.4, 9.6 if slanted else 8.8, layout="constrained")
+        shares_ax, iou_ax = fig.subplots(2, 1)
+    else:
+        fig = new_figure(2 * width + 2.6, 4.8, layout="constrained")
+        shares_ax, iou_ax = fig.subplots(1, 2)
+    x = np.arange(n)
+    # below each panel when side by side; right of it when stacked (clear of slanted names)
+    legend = dict(fontsize=7.5, frameon=False, **(
+        {"loc": "upper left", "bbox_to_anchor": (1.01, 1), "ncol": 1} if n > SIDE_BY_SIDE
+        else {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "ncol": 4}))
+    between = " " if slanted else "\n"  # a slanted name keeps its channels on its line
+    labels = [f"{plain_text(name)}{between}({d.n_channels} ch)"
+              for name, d in zip(layers, result.layers)]
     bottom = np.zeros(len(layers))
     for key, shares in result.curve.items():
         values = np.asarray(shares) * 100
@@ -114,8 +129,7 @@ def plot_dissection(result: Any, *, inches: float = 1.1) -> Figure:
     shares_ax.set_ylabel("share of channels (%)", fontsize=8.5)
     shares_ax.set_title("what each channel detects (IoU >= "
                         f"{result.threshold:g})", fontsize=9)
-    shares_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=7.5,
-                     frameon=False)
+    shares_ax.legend(**legend)
     for key, values in result.iou_curve.items():
         iou_ax.plot(x, values, "o-", color=CATEGORY_COLOURS.get(key, "#888"), label=key)
     iou_ax.axhline(result.threshold, color="#555555", lw=1, ls="--",
@@ -123,10 +137,11 @@ def plot_dissection(result: Any, *, inches: float = 1.1) -> Figure:
     iou_ax.set_ylim(bottom=0)
     iou_ax.set_ylabel("median over channels of the best IoU", fontsize=8.5)
     iou_ax.set_title("how close channels come to each kind of concept", fontsize=9)
-    iou_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=7.5,
-                  frameon=False)
+    iou_ax.legend(**legend)
     for ax in (shares_ax, iou_ax):
-        ax.set_xticks(x, labels, fontsize=7.5)
+        ax.set_xticks(x, labels, fontsize=7.5, rotation=40 if slanted else 0,
+                      ha="right" if slanted else "center", rotation_mode="anchor")
+        ax.set_xlim(-0.5, n - 0.5)  # the same columns in both panels
         for label in ax.get_xticklabels():
             label.set_parse_math(False)
         ax.set_xlabel("layer, low to high", fontsize=8.5)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response
 
 from featuremap.errors import FeaturemapError, ImageError, printable
+from featuremap.outputs import finite
 from featuremap.quantize import pack
 
 __all__ = ["BINARY", "binary", "error", "finite", "json_response", "one", "padding", "status_of"]
@@ -40,17 +40,6 @@ def one(value: list[int]) -> int | tuple[int, int]:
 
 def padding(value: Any) -> Any:
     return value if isinstance(value, str) else one(value)
-
-
-def finite(data: Any) -> Any:
-    """JSON without NaN or infinity (``null`` instead)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite(v) for v in data]
-    return data
 
 
 def binary(header: dict[str, Any], *arrays: np.ndarray) -> Response:
