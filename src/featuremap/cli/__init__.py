@@ -17,7 +17,6 @@ import typer
 from featuremap.cli import (  # noqa: F401 - they register commands
     atlas,
     basics,
-    channels,
     explore,
     networks,
     store,
