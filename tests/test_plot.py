@@ -461,7 +461,8 @@ def test_save_figure_adds_png_and_returns_the_real_name(tmp_path, rng):
 
 
 @pytest.mark.parametrize("name, magic", [("f.svg", b"<?xml"), ("f.pdf", b"%PDF"),
-                                         ("f.jpg", b"\xff\xd8\xff"), ("f.JPEG", b"\xff\xd8\xff")])
+                                         ("f.jpg", b"\xff\xd8\xff"), ("f.JPEG", b"\xff\xd8\xff"),
+                                         ("f.webp", b"RIFF")])
 def test_save_figure_formats(tmp_path, rng, name, magic):
     path = save_figure(plot_image(rng.random((3, 10, 10))), tmp_path / name)
     assert path.read_bytes().startswith(magic)
@@ -471,7 +472,7 @@ def test_save_figure_refuses_before_drawing(tmp_path, rng, monkeypatch):
     fig = plot_image(rng.random((3, 10, 10)))
     monkeypatch.setattr(fig, "savefig", lambda *a, **k: pytest.fail("drew before refusing"))
     with pytest.raises(ConfigError, match=r"unsupported suffix '\.txt'; use one of \.png, "
-                                          r"\.svg, \.pdf, \.jpg, \.jpeg"):
+                                          r"\.svg, \.pdf, \.jpg, \.jpeg, \.webp"):
         save_figure(fig, tmp_path / "maps.txt")
     with pytest.raises(ConfigError, match="character device"):
         save_figure(fig, "/dev/null")

@@ -32,6 +32,7 @@ from typing import IO, Any
 from featuremap.errors import ConfigError, printable
 
 __all__ = [
+    "FIGURE_SUFFIXES",
     "atomic_folder",
     "atomic_path",
     "atomic_paths",
@@ -41,6 +42,9 @@ __all__ = [
     "free_path",
     "write_json",
 ]
+
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
+"""What a figure can be saved as (matplotlib writes each; the suffix picks the format)."""
 
 PathLike = str | os.PathLike[str]
 

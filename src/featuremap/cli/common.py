@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from featuremap.errors import ConfigError, printable
+from featuremap.outputs import FIGURE_SUFFIXES
 
 app = typer.Typer(
     name="featuremap",
@@ -78,7 +79,7 @@ StoreLayers = Annotated[str | None, typer.Option(
     "--layers", help="Comma-separated layers (required for a folder; with a store, default: "
     "all the layers it holds).")]
 
-PICTURES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".webp")
+PICTURES = FIGURE_SUFFIXES  # what --out of a figure may be
 
 
 # ------------------------------------------------------------------------------ flag parsing

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featuremap.errors import printable
-from featuremap.outputs import atomic_write, check_output
+from featuremap.outputs import FIGURE_SUFFIXES, atomic_write, check_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -32,7 +32,6 @@ __all__ = [
     "wrap_title",
 ]
 
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 """The files :func:`save_figure` writes (by suffix; ``.png`` is added to a name without one)."""
 
 
@@ -122,7 +121,7 @@ def wrap_title(text: str, fig: Figure, points: float = 10) -> str:
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110, overwrite: bool = True) -> Path:
     """Write ``fig`` to ``path``, atomically; return the path written.
 
-    The format follows the suffix: ``.png``, ``.svg``, ``.pdf``, ``.jpg``/``.jpeg``
+    The format follows the suffix: ``.png``, ``.svg``, ``.pdf``, ``.jpg``/``.jpeg``, ``.webp``
     (:data:`FIGURE_SUFFIXES`); a name without a suffix gets ``.png``, and the path returned is
     that name. The path is checked before anything is drawn, and the file is written beside
     its target and moved into place when complete: an error or Ctrl-C leaves no partial file.
