@@ -181,7 +181,11 @@ def test_a_store_gives_the_same_dissection(shapes, pairs, result, tmp_path):
 
 
 def test_label_check(shapes, pairs, result):
-    check = check_labels(shapes, pairs, result, k=3)
+    ticks: list[tuple[int, int]] = []
+    check = check_labels(shapes, pairs, result, k=3, progress=lambda d, t: ticks.append((d, t)))
+    layers = sum(1 for d in result.layers if d.detectors("shape"))
+    assert ticks[-1] == (layers * 12, layers * 12)  # one pass per layer with detectors
+    assert [d for d, _ in ticks] == sorted(d for d, _ in ticks)
     shape_detectors = sum(len(d.detectors("shape")) for d in result.layers)
     assert len(check.rows) == shape_detectors
     for *_, centre, cell, n, base in check.rows:

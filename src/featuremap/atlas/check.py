@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,8 @@ def labelled_source(model: Any, source: Any, layers: Any, *, batch_size: int = 3
 
 
 def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
-                 batch_size: int = 32) -> LabelCheck:
+                 batch_size: int = 32, progress: Callable[[int, int], Any] | None = None
+                 ) -> LabelCheck:
     """For every detector of a shape or class in ``dissection``, the share of its top ``k``
     patches (at most one per image) whose field's centre lies on that concept.
 
@@ -104,6 +106,9 @@ def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
         model, source: the model and the image/mask pairs the dissection read.
         dissection: from :func:`featuremap.dissect`.
         k: patches per channel.
+        batch_size: images per forward pass.
+        progress: ``progress(done, total)`` over the passes (one per layer with detectors of
+            a shape or class; ``total`` = those layers x images).
 
     Raises:
         ConfigError: a source without masks.
@@ -112,12 +117,14 @@ def check_labels(model: Any, source: Any, dissection: Dissection, *, k: int = 9,
                               batch_size=batch_size)
     share = dict(zip(dissection.concepts, dissection.concept_share))
     rows = []
-    for d in dissection.layers:
-        found = [r for r in d.detectors() if r[1].category != "colour"]
-        if not found:
-            continue
+    passes = [(d, [r for r in d.detectors() if r[1].category != "colour"])
+              for d in dissection.layers]
+    passes = [(d, found) for d, found in passes if found]
+    for i, (d, found) in enumerate(passes):
+        tick = None if progress is None else (
+            lambda done, n, i=i: progress(i * n + done, len(passes) * n))
         top = top_patches(model, source, layer=d.layer, k=k, channels=[r[0] for r in found],
-                          batch_size=batch_size)
+                          batch_size=batch_size, progress=tick)
         for channel, concept, iou in found:
             label = maps_of.classes.index(concept.name)
             patches = top.channel(channel)

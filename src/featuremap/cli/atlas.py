@@ -135,7 +135,10 @@ def dissect(
     list_skipped(result.skipped)
     check = None
     if labels:
-        check = check_labels(loaded, images, result, k=k, batch_size=batch_size)
+        bar, tick = progress("images (label check)")
+        with bar:
+            check = check_labels(loaded, images, result, k=k, batch_size=batch_size,
+                                 progress=tick)
         emit(check)
 
     def content() -> dict[str, Any]:
