@@ -406,7 +406,30 @@ def test_probe_resnet18(tmp_path):
     assert result.classes == ("circle", "square") and result.n_used == 8
     assert {k: p.dim for k, p in result.probes.items()} == {"layer2": 128, "avgpool": 512,
                                                             "fc": 1000}
-    assert all(0 <= a <= 1 for a in result.test_accuracy.values())
+    # Oracle: plain torch hooks give each layer's features of all 8 images; every probe's
+    # predictions on them score what its train and test accuracies say together.
+    import torch
+
+    from featuremap.datasets import open_collection
+
+    collection = open_collection(data)
+    images = torch.from_numpy(np.stack([model.preprocess(item.path) for item in collection]))
+    truth = torch.tensor([result.classes.index(item.path.parent.name) for item in collection])
+    seen: dict[str, torch.Tensor] = {}
+    handles = [dict(model.module.named_modules())[n].register_forward_hook(
+        lambda _m, _i, out, n=n: seen.__setitem__(n, out.detach())) for n in result.probes]
+    try:
+        with torch.no_grad():
+            model.module.eval()(images)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, p in result.probes.items():
+        features = seen[name].flatten(2).mean(2) if seen[name].dim() == 4 else seen[name]
+        features = features.flatten(1)
+        right = int((p.predict(features) == truth).sum())
+        assert right == round(p.train_accuracy * result.n_train + p.test_accuracy *
+                              result.n_test), name
 
 
 def test_probe_bad_folders(shapes, tmp_path):
