@@ -1,8 +1,9 @@
-"""Screenshots of the explorer's four views, for the README.
+"""Screenshots of the explorer's five views, for the README.
 
-Starts the explorer on the bundled model and a generated scene (``featuremap.explore``), drives
-headless Chromium through the convolution lab, the network, what-if and uses, and saves one
-PNG per view (1280 x 900) into the folder given::
+Starts the explorer on the bundled model and a generated scene (``featuremap.explore``), with
+24 generated scenes and their masks as the Channels view's data, drives headless Chromium
+through the convolution lab, the network, what-if, uses and channels, and saves one PNG per
+view (1280 x 900; the channels' table whole, as tall as it is) into the folder given::
 
     python scripts/explorer_screenshots.py docs/explorer
     python scripts/explorer_screenshots.py shots --chromium /usr/bin/chromium
@@ -80,10 +81,26 @@ def uses(page, out: Path) -> None:
     page.screenshot(path=str(out / "uses.png"))
 
 
+def channels(page, out: Path) -> None:
+    page.click("#tabs button[data-view=channels]")
+    settle(page, 0.6)
+    page.select_option("#ch-layer", "backbone.block3")
+    page.fill("#ch-channels", "0-7")
+    page.fill("#ch-k", "8")
+    page.fill("#ch-steps", "96")
+    page.click("#ch-compute")
+    page.wait_for_selector("#ch-table tbody tr", timeout=300_000)
+    settle(page)
+    page.click("#ch-table th[data-key=iou]")
+    settle(page)
+    page.screenshot(path=str(out / "channels.png"), full_page=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path,
-                        help="folder for lab.png, network.png, whatif.png and uses.png")
+                        help="folder for lab.png, network.png, whatif.png, uses.png and "
+                        "channels.png")
     import os
     import shutil
 
@@ -92,24 +109,33 @@ def main() -> None:
                         help="a Chromium executable to drive (default: FEATUREMAP_CHROMIUM, else "
                         "the 'chromium' on PATH, else Playwright's own)")
     args = parser.parse_args()
+    import tempfile
+
     from playwright.sync_api import sync_playwright
 
+    from featuremap.bundled.scenes import save_dataset
     from featuremap.web.server import explore
 
+    args.out = args.out.resolve()  # before the chdir below
     args.out.mkdir(parents=True, exist_ok=True)
-    handle = explore()
+    folder = tempfile.TemporaryDirectory()
+    os.chdir(folder.name)  # the page names the data as given: "scenes"
+    save_dataset("scenes", 24, seed=3, layout="segmentation")
+    handle = explore(data="scenes")
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport=VIEWPORT)
             page.goto(handle.url)
             page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60_000)
-            for step in (lab, network, whatif, uses):
+            for step in (lab, network, whatif, uses, channels):
                 step(page, args.out)
                 print(f"wrote {args.out / step.__name__}.png")
             browser.close()
     finally:
         handle.stop()
+        os.chdir(Path(__file__).resolve().parent)
+        folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ refuses (its one-line message), 403 for a request from another site (when the se
 this machine only), 404 for an unknown route or image, 409 for a request superseded by a newer
 one of the same slider, 413 for an upload or a request body too large (refused before it is read
 to the end), 415 for bytes that are not an image, 422 for a malformed request; an unexpected
-failure is a 500 with the same one-line JSON. Every route and its body are listed in
-:data:`ROUTES`.
+failure is a 500 with the same one-line JSON. The Channels view's routes answer 409 to a start
+while a computation runs and 404 for a result not (yet) computed. Every route and its body are
+listed in :data:`ROUTES`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ ROUTES = {
     "POST /api/whatif": "WhatIfBody -> shapes, first break, new maps (binary)",
     "POST /api/classify": "ClassifyBody -> top-k and a CAM (JSON)",
     "POST /api/segment": "SegmentBody -> labels (binary)",
+    "POST /api/channels": "ChannelsBody -> starts the channel atlas of a layer over the data "
+                          "named at start-up (202, its progress); 409 while one runs",
+    "GET /api/channels/progress": "the computation's state, stage, done and total",
+    "GET /api/channels/result": "?job= -> the atlas's to_dict() and its pictures as data URIs",
+    "POST /api/channels/cancel": "stops the running computation -> its progress",
 }
 
 
@@ -99,6 +105,7 @@ def create_app(session: Session, *, hosts: tuple[str, ...] | None = None) -> Fas
         from featuremap import __version__
         from featuremap.filters import list_filters
         from featuremap.samples import list_samples
+        from featuremap.web import bodies
 
         m = session.model
         limits: Limits = session.limits
@@ -106,7 +113,10 @@ def create_app(session: Session, *, hosts: tuple[str, ...] | None = None) -> Fas
                 "models": list(session.choices), "samples": list_samples(),
                 "filters": list_filters(), "image": session.start_image,
                 "limits": {"upload_bytes": limits.upload_bytes,
-                           "upload_pixels": limits.upload_pixels},
+                           "upload_pixels": limits.upload_pixels,
+                           "channels": bodies.MAX_CHANNELS, "steps": bodies.MAX_STEPS,
+                           "k": bodies.MAX_K},
+                "data": None if session.data is None else session.data.to_dict(),
                 "computations": session.computations}
 
     @app.post("/api/images")
@@ -150,7 +160,8 @@ def create_app(session: Session, *, hosts: tuple[str, ...] | None = None) -> Fas
         return finite({**table.to_dict(), "stages": [s.to_dict() for s in m.stages()],
                        "weights": printable(m.weights)})
 
-    from featuremap.web import routes
+    from featuremap.web import channels, routes
 
     routes.register(app, session)
+    channels.register(app, session)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ChannelsBody",
     "ClassifyBody",
     "FieldBody",
     "Follow",
@@ -23,6 +24,14 @@ Small = Annotated[int, Field(ge=0, le=10_000)]
 Pair = Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=2)]
 Name = Annotated[str, Field(min_length=1, max_length=300)]
 BINARY = "application/octet-stream"
+
+# The Channels view's caps: one request cannot tie up the machine for hours.
+MAX_CHANNELS = 64  # channels per computation
+MAX_STEPS = 512  # rendering steps
+MAX_K = 32  # top patches per channel
+DEFAULT_CHANNELS = 16  # without a channels field: the first 16
+DEFAULT_STEPS = 128
+DEFAULT_K = 9
 
 
 class Body(BaseModel):
@@ -107,3 +116,14 @@ class SampleBody(Body):
 
 class SceneBody(Body):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 7
+
+
+class ChannelsBody(Body):
+    """A channel computation (the Channels view): channels as text, e.g. ``"0-15,32"``."""
+
+    model: Name | None = None
+    layer: Name
+    channels: Annotated[str, Field(max_length=300)] | None = None  # None: the first 16
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = DEFAULT_K
+    visualise: bool = True
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS

@@ -34,9 +34,15 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def make_session(model: Any = None, image: Any = None):
+def make_session(model: Any = None, image: Any = None, data: Any = None):
     """A session on ``model`` (a name, a Model or an nn.Module; default the bundled one),
-    with ``image`` (a path, sample:NAME, array; default a generated scene) loaded."""
+    with ``image`` (a path, sample:NAME, array; default a generated scene) loaded and ``data``
+    (a folder of images, image/mask pairs, a list, a glob or a store; None: none) checked for
+    the Channels view.
+
+    Raises:
+        ConfigError: data that cannot serve (:func:`featuremap.web.channels.check_data`).
+    """
     from featuremap.model import Model, as_model
     from featuremap.web.state import Session
     from featuremap.zoo import list_models, load_model
@@ -47,8 +53,13 @@ def make_session(model: Any = None, image: Any = None):
             model = load_model(model or "shapes", weights="DEFAULT" if (model or "shapes")
                                == "shapes" else "random")
     m = model if isinstance(model, Model) else as_model(model)
+    checked = None
+    if data is not None:
+        from featuremap.web.channels import check_data
+
+        checked = check_data(m, data)
     choices = tuple(dict.fromkeys([m.name, *list_models()]))
-    session = Session(m, choices=choices)
+    session = Session(m, choices=choices, data=checked)
     if image is None:
         session.start_image = session.add_scene(7).id
     elif isinstance(image, str) and image.startswith("sample:"):
@@ -73,7 +84,11 @@ class Explorer:
         self._server, self._thread, self.url, self.session = server, thread, url, session
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server and wait for its thread (at most ``timeout`` seconds)."""
+        """Stop the server and a channel computation, and wait for the server's thread (at most
+        ``timeout`` seconds)."""
+        jobs = getattr(self.session, "channel_jobs", None)
+        if jobs is not None:
+            jobs.cancel(wait=0)
         self._server.should_exit = True
         self._thread.join(timeout)
 
@@ -98,9 +113,13 @@ def _config(app: Any, host: str, port: int):
                           timeout_graceful_shutdown=1, lifespan="off")
 
 
-def explore(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
-            port: int | None = None) -> Explorer:
+def explore(model: Any = None, image: Any = None, data: Any = None, *,
+            host: str = "127.0.0.1", port: int | None = None) -> Explorer:
     """Start the explorer on a background thread and return its handle.
+
+    ``data`` (a folder of images, image/mask pairs, a list, a glob or a store made by ``model``)
+    is what the Channels view reads to show what each channel of a layer detects; it is checked
+    before the server starts (a ConfigError otherwise). Without it the view says how to give it.
 
     Example:
         >>> handle = explore(load_model("shapes"))  # doctest: +SKIP
@@ -112,7 +131,7 @@ def explore(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
 
     from featuremap.web.app import create_app
 
-    session = make_session(model, image)
+    session = make_session(model, image, data)
     app = create_app(session, hosts=_hosts(host))
     port = port or free_port(host)
     server = uvicorn.Server(_config(app, host, port))
@@ -139,15 +158,16 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def serve(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
+def serve(model: Any = None, image: Any = None, data: Any = None, *, host: str = "127.0.0.1",
           port: int | None = None, open_browser: bool = True, say=print) -> None:
-    """Run the explorer in this thread until Ctrl-C."""
+    """Run the explorer in this thread until Ctrl-C (``data`` as :func:`explore`)."""
     check_stack()
     import uvicorn
 
     from featuremap.web.app import create_app
 
-    app = create_app(make_session(model, image), hosts=_hosts(host))
+    session = make_session(model, image, data)
+    app = create_app(session, hosts=_hosts(host))
     port = port or free_port(host)
     if host not in LOCAL:
         say(f"warning: serving on {host}: anyone who can reach this address can run the model "
@@ -155,6 +175,10 @@ def serve(model: Any = None, image: Any = None, *, host: str = "127.0.0.1",
     server = uvicorn.Server(_config(app, host, port))
     url = _url(host, port)
     say(f"featuremap explorer at {url} (Ctrl-C stops it)")
+    if session.data is not None:
+        d = session.data
+        say(f"channels of {d.images:,} images from '{d.description}'"
+            + (" (a store)" if d.kind == "store" else ""))
     if open_browser:
         import webbrowser
 

@@ -92,6 +92,8 @@ class Session:
     _loading: threading.Lock = field(default_factory=threading.Lock)  # one model load at a time
     computations: int = 0  # how many requests reached the model (for tests and benchmarks)
     start_image: str | None = None  # the id of the image the server was started with
+    data: Any = None  # the Channels view's data, checked (featuremap.web.channels.Data)
+    channel_jobs: Any = None  # its computations (featuremap.web.channels.ChannelJobs)
 
     def __post_init__(self) -> None:
         self._models[self.model.name] = self.model

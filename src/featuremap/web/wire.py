@@ -19,12 +19,16 @@ LONGEST = 2000  # characters of an error line
 
 
 def status_of(err: FeaturemapError) -> int:
-    """The HTTP status of a library error: 404 for an unknown image, 413 for an image over the
-    limits, 415 for bytes that are no image, 400 for everything else the library refuses."""
+    """The HTTP status of a library error: 404 for an unknown image or no channel result, 409
+    while a channel computation runs, 413 for an image over the limits, 415 for bytes that are
+    no image, 400 for everything else the library refuses."""
+    from featuremap.web.channels import Busy, NoResult
     from featuremap.web.state import NoSuchImage
 
-    if isinstance(err, NoSuchImage):
+    if isinstance(err, (NoSuchImage, NoResult)):
         return 404
+    if isinstance(err, Busy):
+        return 409
     if isinstance(err, ImageError):
         text = str(err)
         if "is not an image" in text:
@@ -54,6 +58,7 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": line}, status_code=status)
 
 
-def json_response(data: Any) -> Response:
+def json_response(data: Any, status: int = 200) -> Response:
     """``data`` as JSON, NaN and infinity as ``null``."""
-    return Response(json.dumps(finite(data), allow_nan=False), media_type="application/json")
+    return Response(json.dumps(finite(data), allow_nan=False), status_code=status,
+                    media_type="application/json")

@@ -496,6 +496,7 @@ const DEFAULTS = {
   nl: "", nk: "16", nc: "", nsh: "0", nch: "", nat: "",
   wl: "", ws: "", wp: "", wd: "", wo: "", wall: "0",
   cl: "", cm: "grad-cam", k: "4", sl: "",
+  chl: "", chc: "", chk: "9", chv: "1", chs: "128", cho: "channel", chd: "0", chf: "", chdet: "0",
 };
 const S = { ...DEFAULTS };
 
@@ -1508,6 +1509,244 @@ const uses = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
+/* View 5: channels (the channel atlas over the data named at start-up)                        */
+/* ------------------------------------------------------------------------------------------ */
+
+const STAGES = {
+  maps: ["reading the maps", "image passes (two over the data)"],
+  patches: ["cropping the top patches", ""],
+  visualisation: ["rendering the images", "optimisation steps"],
+};
+const COLUMNS = { channel: "channel", rendered: "rendered image", concept: "concept", iou: "IoU",
+  mean: "mean activation", top: "top value" };
+
+const chan = {
+  timer: 0,
+  holding: false,
+  shown: null,
+  result: null,
+
+  init() {
+    const keep = (id, key, read = (e) => e.target.value.trim()) =>
+      $(id).addEventListener("change", (e) => setState({ [key]: read(e) }));
+    keep("ch-layer", "chl");
+    keep("ch-channels", "chc", (e) => e.target.value.replace(/\s+/g, ""));
+    keep("ch-k", "chk");
+    keep("ch-steps", "chs");
+    $("ch-vis").addEventListener("change", (e) => { setState({ chv: e.target.checked ? "1" : "0" }); $("ch-steps").disabled = !e.target.checked; });
+    $("ch-compute").addEventListener("click", () => this.compute());
+    $("ch-cancel").addEventListener("click", () => this.cancel());
+    $("ch-filter").addEventListener("input", (e) => { setState({ chf: e.target.value }); this.filter(); });
+    $("ch-detectors").addEventListener("change", (e) => { setState({ chdet: e.target.checked ? "1" : "0" }); this.filter(); });
+  },
+
+  async show() {
+    markReady();
+    const data = G.info.data;
+    const limits = G.info.limits;
+    $("ch-nodata").hidden = !!data;
+    $("ch-panel").hidden = !data;
+    for (const node of $("ch-form").querySelectorAll("input, select, button")) node.disabled = !data;
+    $("ch-caps").textContent = `At most ${limits.channels} channels, ${limits.steps} steps and ${limits.k} patches a channel per computation; one computation at a time.`;
+    if (!data) { $("ch-data").textContent = "No data: start the explorer with --data FOLDER."; return; }
+    $("ch-data").replaceChildren(el("b", { text: `${data.images.toLocaleString("en-US")} images` }),
+      ` from '${data.description}'${data.kind === "store" ? " (a store)" : ""}${data.masks ? ", with masks: their classes are concepts too" : ""}`);
+    let t;
+    try { t = await layersOf(S.m); } catch (err) { showError(err.message); return; }
+    const rows = t.rows.filter((r) => r.maps && (!data.layers || data.layers.includes(r.name)));
+    $("ch-layer").replaceChildren(...rows.map((r) => el("option", { value: r.name, text: `${r.name} (${r.shapeText})` })));
+    if (!rows.some((r) => r.name === S.chl)) {
+      const stages = t.stages.filter((s) => rows.some((r) => r.name === s.name));
+      setState({ chl: (stages[stages.length - 1] || rows[rows.length - 1] || {}).name || "" });
+    }
+    $("ch-layer").value = S.chl;
+    $("ch-channels").value = S.chc;
+    $("ch-k").value = S.chk;
+    $("ch-vis").checked = S.chv === "1";
+    $("ch-steps").value = S.chs;
+    $("ch-steps").disabled = S.chv !== "1";
+    $("ch-filter").value = S.chf;
+    $("ch-detectors").checked = S.chdet === "1";
+    if (!this.timer) this.poll();  // a computation running or done (after a reload) is shown
+  },
+
+  async compute() {
+    for (const [id, key] of [["ch-layer", "chl"], ["ch-k", "chk"], ["ch-steps", "chs"]]) setState({ [key]: $(id).value });
+    setState({ chc: $("ch-channels").value.replace(/\s+/g, "") });
+    const body = { model: S.m, layer: S.chl, channels: S.chc || null, k: Number(S.chk),
+      visualise: S.chv === "1", steps: Number(S.chs) };
+    clearError("channels");
+    try {
+      this.progress(await api("/api/channels", body));
+      this.poll();
+    } catch (err) { showError(err.message, "channels"); }
+  },
+
+  async cancel() {
+    try { this.progress(await api("/api/channels/cancel", {})); } catch (err) { showError(err.message, "channels"); }
+  },
+
+  hold(on) {
+    if (on !== this.holding) { this.holding = on; busy(on ? +1 : -1); }
+  },
+
+  async poll() {
+    clearTimeout(this.timer);
+    this.timer = 0;
+    let st;
+    try { st = await api("/api/channels/progress"); } catch (err) {
+      this.hold(false);
+      showError(err.message, "channels");
+      return;
+    }
+    this.progress(st);
+    if (st.state === "running") {
+      this.hold(true);
+      this.timer = setTimeout(() => this.poll(), 300);
+      return;
+    }
+    if (st.state === "done" && st.job !== this.shown) {
+      try { this.draw(await api(`/api/channels/result?job=${encodeURIComponent(st.job)}`)); } catch (err) { showError(err.message, "channels"); }
+    }
+    if (st.state === "failed" && st.job !== this.shown) { this.shown = st.job; showError(st.error, "channels"); }
+    this.hold(false);
+  },
+
+  progress(st) {
+    const box = $("ch-progress");
+    box.hidden = st.state === "idle" || (st.state === "done" && st.job === this.shown);
+    box.dataset.state = st.state;
+    $("ch-compute").disabled = st.state === "running" || !G.info.data;
+    $("ch-cancel").hidden = st.state !== "running";
+    const [what, unit] = STAGES[st.stage] || ["starting", ""];
+    const share = st.total ? st.done / st.total : 0;
+    if (st.state === "running") {
+      $("ch-stage").textContent = st.cancelling ? "cancelling…" : `${what}…`;
+      $("ch-count").textContent = st.total ? `${st.done.toLocaleString("en-US")} / ${st.total.toLocaleString("en-US")}${unit ? " " + unit : ""}` : "";
+    } else {
+      $("ch-stage").textContent = { done: "done", failed: "failed", cancelled: "cancelled" }[st.state] || st.state;
+      $("ch-count").textContent = `after ${fmt(st.seconds)} s`;
+    }
+    $("ch-bar").style.width = `${(st.state === "done" ? 1 : share) * 100}%`;
+    const at = st.stages.indexOf(st.stage);
+    $("ch-stages").replaceChildren(...st.stages.map((name, i) => el("li", {
+      class: st.state === "done" || i < at ? "past" : i === at ? "now" : "", text: STAGES[name][0] })));
+    if (st.settings) {
+      $("ch-title").textContent = `Channels of ${st.settings.layer}`;
+    }
+  },
+
+  draw(result) {
+    this.shown = result.job;
+    this.result = result;
+    const a = result.atlas;
+    const rows = a.rows;
+    const pictures = new Map(result.pictures.map((p) => [p.channel, p]));
+    const spans = {};
+    for (const key of ["iou", "mean", "top"]) {
+      const values = rows.map((r) => r[key]).filter((v) => v !== null && Number.isFinite(v));
+      spans[key] = values.length ? [Math.min(0, ...values), Math.max(...values)] : [0, 0];
+    }
+    const vis = a.visualization;
+    $("ch-title").textContent = `Channels of ${a.layer} (${a.model})`;
+    const shares = Object.entries(a.shares).map(([k, v]) => el("span", {}, el("b", { text: `${Math.round(100 * v)}%` }), ` ${k === "none" ? "detect nothing" : k}`));
+    const seconds = Object.entries(a.seconds).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ");
+    $("ch-summary").replaceChildren(
+      el("span", {}, `${a.channels.length} channels, ${a.n_images.toLocaleString("en-US")} images from '${a.source}'${Object.keys(a.skipped).length ? ` (${Object.keys(a.skipped).length} could not be read)` : ""}`),
+      ...shares, el("span", { text: seconds }));
+    const [fh, fw] = a.field_size;
+    $("ch-help").textContent = `Top patches: the ${a.k} image regions that drive the channel hardest (at most one per image), each the receptive field of the value (${fh} x ${fw} px, stride ${fmt(a.stride[0])}), strongest first; grey where the field runs past the image; hover for the image and value. `
+      + `Concept: the one whose pixels best overlap the top ${fmt(100 * a.quantile)}% of the channel's values (network dissection over ${a.concepts.length} concepts); a detector when the IoU reaches ${fmt(a.threshold)}. `
+      + (vis ? `Rendered image: optimised to drive the channel's mean (${vis.size} px, ${vis.steps} steps, seed ${vis.seed}), with the mean it reaches and that of its start. ` : "")
+      + "Click a heading to sort.";
+    const heading = (key, note) => el("th", { class: "sort", "data-key": key, title: note,
+      onclick: () => this.sortBy(key, key === S.cho ? S.chd !== "1" : !(key === "channel" || key === "concept")) },
+    COLUMNS[key] + " ", el("span", { class: "arrow" }));
+    const head = el("tr", {}, heading("channel", "channel number"),
+      heading("rendered", "mean activation of the rendered image"),
+      el("th", { text: `top ${a.k} patches, strongest first` }),
+      heading("concept", "best concept (detectors first, by name)"),
+      heading("iou", "IoU of the top quantile with the best concept"),
+      heading("mean", "mean over every position of every image"),
+      heading("top", "the channel's largest value over the data"));
+    const strip = `width:${50 * Math.min(9, Math.max(1, a.k))}px`;  // up to 9 patches a line
+    const body = rows.map((r) => this.row(r, pictures.get(r.channel), spans, result.swatches, strip));
+    $("ch-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
+    setNotes($("ch-notes"), a.notes);
+    $("ch-tools").hidden = false;
+    this.sortBy(COLUMNS[S.cho] ? S.cho : "channel", S.chd === "1");
+    this.filter();
+  },
+
+  row(r, pics, spans, swatches, strip) {
+    const bar = (value, [lo, hi]) => (value === null || hi <= lo ? "" : el("div", { class: "bar" },
+      el("i", { style: `width:${(100 * Math.min(1, Math.max(0, (value - lo) / (hi - lo)))).toFixed(1)}%` })));
+    const rendered = r.rendered === null ? el("span", { class: "none", text: "not rendered" })
+      : [el("img", { class: "v", src: pics.rendered, alt: `channel ${r.channel} rendered` }),
+        el("div", { class: "vcap", text: `mean ${fmt(r.rendered)} (start ${fmt(r.rendered_start, 2)})` })];
+    const patches = r.patches.length ? r.patches.map((p, i) => {
+      const clipped = p.clipped_share ? `; ${Math.round(100 * p.clipped_share)}% outside the image (grey)` : "";
+      const title = `${p.name}: value ${fmt(p.value, 4)} at (${p.position[0]}, ${p.position[1]}) of the map; field rows ${p.box[0]}..${p.box[2] - 1}, columns ${p.box[1]}..${p.box[3] - 1}${clipped}`;
+      return el("img", { class: Math.max(...p.crop_shape.slice(1)) < 46 ? "p small" : "p", src: pics.patches[i], alt: p.name, title });
+    }) : el("span", { class: "none", text: "no value" });
+    const sw = swatches[r.concept];
+    const concept = r.detector
+      ? [sw ? el("span", { class: "sw", style: `background:rgb(${sw.join(",")})` }) : null, `${r.concept} `,
+        el("span", { class: `cat ${r.category}`, text: r.category })]
+      : el("span", { class: "none", text: `none (best: ${r.concept}, ${r.category})` });
+    const tr = el("tr", { "data-channel": r.channel },
+      el("td", { text: r.channel }), el("td", { class: "l" }, rendered), el("td", { class: "patches" }, el("div", { class: "strip", style: strip }, patches)),
+      el("td", { class: "l" }, concept), el("td", {}, r.iou.toFixed(3), bar(r.iou, spans.iou)),
+      el("td", {}, fmt(r.mean, 4), bar(r.mean, spans.mean)),
+      el("td", {}, r.top === null ? "" : fmt(r.top, 4), bar(r.top, spans.top)));
+    tr.row = r;
+    tr.text = `${r.concept} ${r.category}${r.detector ? "" : " none"}`.toLowerCase();
+    return tr;
+  },
+
+  sortBy(key, desc) {
+    setState({ cho: key, chd: desc ? "1" : "0" });
+    const body = $("ch-table").tBodies[0];
+    if (!body) return;
+    const value = (r) => (key === "concept" ? (r.detector ? "" : "\uffff") + r.concept.toLowerCase() : r[key]);
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      const x = value(a.row), y = value(b.row);
+      if (x === y) return a.row.channel - b.row.channel;
+      if (x === null) return 1;
+      if (y === null) return -1;
+      const c = typeof x === "string" ? x.localeCompare(y) : x - y;
+      return desc ? -c : c;
+    });
+    body.append(...rows);
+    for (const th of $("ch-table").querySelectorAll("th.sort")) {
+      const on = th.dataset.key === key;
+      th.querySelector(".arrow").textContent = on ? (desc ? "▼" : "▲") : "";
+      th.setAttribute("aria-sort", on ? (desc ? "descending" : "ascending") : "none");
+    }
+    this.caption();
+  },
+
+  filter() {
+    const body = $("ch-table").tBodies[0];
+    if (!body) return;
+    const text = S.chf.trim().toLowerCase();
+    const only = S.chdet === "1";
+    for (const tr of body.rows) {
+      tr.classList.toggle("hidden", !((!text || tr.text.includes(text)) && (!only || tr.row.detector)));
+    }
+    this.caption();
+  },
+
+  caption() {
+    const body = $("ch-table").tBodies[0];
+    if (!body) return;
+    const shown = body.querySelectorAll("tr:not(.hidden)").length;
+    $("ch-shown").textContent = `showing ${shown} of ${body.rows.length} channels; sorted by ${COLUMNS[S.cho] || "channel"}, ${S.chd === "1" ? "largest first" : "smallest first"}`;
+  },
+};
+
+/* ------------------------------------------------------------------------------------------ */
 /* Export: the view as shown, composited onto one canvas (canvases, images, text, boxes)        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1644,7 +1883,8 @@ function snapshot(root, title) {
 function exportView() {
   const view = $(`view-${S.v}`);
   const im = G.images.get(S.i);
-  const title = `featuremap explorer · ${view.dataset.title} · model ${S.m} · image ${im ? im.name : S.i}`;
+  const data = G.info && G.info.data ? `data '${G.info.data.description}'` : "no data";
+  const title = `featuremap explorer · ${view.dataset.title} · model ${S.m} · ${S.v === "channels" ? data : `image ${im ? im.name : S.i}`}`;
   const canvas = snapshot(view, title);
   canvas.toBlob((blob) => {
     const url = URL.createObjectURL(blob);
@@ -1660,7 +1900,7 @@ function exportView() {
 /* Start                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-const VIEWS = { lab, net, whatif, uses };
+const VIEWS = { lab, net, whatif, uses, channels: chan };
 
 function activate(view) {
   setState({ v: view });
@@ -1686,7 +1926,7 @@ function bindShared() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => activate(b.dataset.view));
   $("model").addEventListener("change", (e) => {
     for (const v of Object.values(VIEWS)) for (const c of Object.values(v)) if (c instanceof Channel) c.cancel();
-    setState({ m: e.target.value, ll: "", nl: "", nch: "", nat: "", wl: "", ws: "", wp: "", wd: "", wo: "", cl: "", sl: "", at: "",
+    setState({ m: e.target.value, ll: "", nl: "", nch: "", nat: "", wl: "", ws: "", wp: "", wd: "", wo: "", cl: "", sl: "", at: "", chl: "",
       src: S.src === "layer" ? "layer" : S.src });
     $("model-info").textContent = "";
     layersOf(S.m).then((t) => setModelInfo(t.weights)).catch(() => {});
