@@ -9,8 +9,9 @@ a missing browser fails them.
 
 The page's hooks these tests rely on: ``body[data-ready='1']`` once the first maps are drawn
 (``window.fmStats.ready``: milliseconds from DOMContentLoaded), ``body[data-busy]`` while a
-request is in flight, the tabs ``#tabs button[data-view=lab|net|whatif|uses]``, the file input
-``#file``, ``#image`` and ``#image-info``, the lab's ``#lab-stride`` slider, ``#lab-maps-title``
+request is in flight, the tabs ``#tabs button[data-view=lab|net|whatif|uses|channels]``
+(the Channels view is tested in test_web_channels.py), the file input ``#file``, ``#image``
+and ``#image-info``, the lab's ``#lab-stride`` slider, ``#lab-maps-title``
 ("Feature maps: D x H x W ..."), ``#lab-cost``, ``#lab-grid .tile > canvas``, ``#lab-explain``
 (its first ``.line`` says "row Y, col X", its ``.sum`` ends "= VALUE"), the network's
 ``#net-table tr[data-name]``, ``#net-maps-title``, ``#net-grid .tile``, ``#net-detail-title``,
