@@ -200,7 +200,7 @@ def quantiles(tmp: Path) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from featuremap.atlas.dissect import BINS
+    from featuremap.atlas.dissection import BINS
     from featuremap.atlas.quantile import TopQuantile
     from featuremap.bundled.scenes import make_dataset
     from featuremap.extraction import Extractor

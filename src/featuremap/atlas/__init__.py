@@ -2,7 +2,7 @@
 
 - :func:`top_patches` (:mod:`~featuremap.atlas.patches`): per channel, the ``k`` strongest
   values over a dataset or a store, and the receptive-field crops of their images.
-- :func:`dissect` (:mod:`~featuremap.atlas.dissect`): which channels detect a colour, a shape
+- :func:`dissect` (:mod:`~featuremap.atlas.dissection`): which channels detect a colour, a shape
   of the generated scenes or a class of your own masks (network dissection, Bau et al. 2017),
   with :func:`check_labels` to see whether a detector's top patches lie on its concept.
 - :func:`visualize` (:mod:`~featuremap.atlas.visualization`): images rendered to maximise a
@@ -25,7 +25,7 @@ from featuremap.atlas.channels import ChannelAtlas, channel_atlas
 from featuremap.atlas.check import LabelCheck, check_labels
 from featuremap.atlas.cka import Similarity, plot_similarity, similarity
 from featuremap.atlas.concepts import COLOUR_TERMS, ColourTerms, Concept, ConceptSet, MaskClasses
-from featuremap.atlas.dissect import Dissection, LayerDissection, dissect
+from featuremap.atlas.dissection import Dissection, LayerDissection, dissect
 from featuremap.atlas.patches import Patch, TopPatches, top_patches
 from featuremap.atlas.visualization import Visualization, plot_visualizations, visualize
 

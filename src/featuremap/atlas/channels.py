@@ -4,7 +4,7 @@
 
 1. first pass: per channel its running top ``k`` values (:mod:`~featuremap.atlas.patches`),
    its mean activation over every position of every image, and its top-quantile estimate for
-   dissection (:mod:`~featuremap.atlas.dissect`); one forward pass per batch feeds all three;
+   dissection (:mod:`~featuremap.atlas.dissection`); one forward pass per batch feeds all three;
 2. second pass: the IoU of each channel's strongest region with every concept (dissection);
 3. the images that won are read again and their receptive fields cropped;
 4. a feature visualisation per channel (:func:`~featuremap.atlas.visualize`), channels in
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featuremap.atlas.dissect import (
+from featuremap.atlas.dissection import (
     Dissection,
     LayerDissection,
     check_settings,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from featuremap.atlas.dissect import Dissection
+from featuremap.atlas.dissection import Dissection
 from featuremap.atlas.patches import Patch, top_patches
 from featuremap.atlas.sources import MapSource, open_source
 from featuremap.datasets import read_mask

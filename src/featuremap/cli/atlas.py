@@ -115,7 +115,7 @@ def dissect(
     """Which channels detect a colour, a shape or a class of your masks (network dissection)."""
     from featuremap.atlas import check_labels, dissect
     from featuremap.atlas.check import labelled_source
-    from featuremap.atlas.dissect import check_settings
+    from featuremap.atlas.dissection import check_settings
     from featuremap.atlas.patches import check_k
 
     figure, data = _outputs(out, json_out, "dissection", overwrite)
