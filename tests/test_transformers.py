@@ -228,6 +228,22 @@ def test_swin_stages_are_channels_last_maps(built):
     assert got.meta["layers.0.blocks.0.attn"].layout == "other"
 
 
+def test_swin_window_outputs_are_not_maps_in_the_layer_table(built):
+    """Swin's attention runs on 64 windows folded into the batch dim: a (64, 3, 49, 49) softmax
+    is not a 3 x 49 x 49 map with a total stride of 224 / 49."""
+    from featuremap.summary import list_layers
+
+    model = built(CASES["swin"]["name"])
+    got = model.capture(["layers.0.blocks.0.attn.softmax", "layers.0.blocks.0.attn"],
+                        early_stop=False)(torch.zeros(1, 3, 224, 224))
+    info = {i.name: i for i in list_layers(model.module, input_size=224)}
+    for name in ("layers.0.blocks.0.attn.softmax", "layers.0.blocks.0.attn"):
+        assert info[name].output_shape == tuple(got.maps[name].shape), name  # batch of one
+        assert info[name].cumulative_stride is None, name
+    assert info["layers.0.blocks.0.norm1"].cumulative_stride == 4  # (56, 56, 96) tokens map
+    assert info["patch_embed.proj"].cumulative_stride == 4
+
+
 def test_clusters_probe_and_fitted_head(case, data):
     config, model = case
     seg = cluster_segments(model, str(data / "scene.png"), layers=config["seg"], k=3)

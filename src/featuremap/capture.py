@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from featuremap.errors import ConfigError, FeaturemapError, did_not_run
-from featuremap.layers import describe_module, geometry
+from featuremap.layers import FoldedShape, describe_module, geometry
 from featuremap.layouts import Layout, describe_output, layout_of, to_maps
 
 __all__ = [
@@ -386,7 +386,10 @@ class Capture:
 
 def trace_shapes(module: nn.Module, shape: tuple[int, int, int, int]) -> dict[str, tuple]:
     """One forward pass on zeros of ``shape`` (eval mode, no gradients): ``{name: output shape
-    without the batch dim}`` for every module that ran (its first call).
+    without the batch dim}`` for every module that ran (its first call). An output whose
+    leading dim is not the batch (a module that folds something into it, such as the attention
+    windows of a Swin block: ``(images x windows, heads, tokens, tokens)``) keeps its whole shape,
+    which for a batch of one is the output of one image: it is not taken for ``(C, H, W)`` maps.
 
     Raises:
         ConfigError: the pass failed; the message names the innermost module that was running
@@ -407,7 +410,9 @@ def trace_shapes(module: nn.Module, shape: tuple[int, int, int, int]) -> dict[st
             running.pop()
             tensor, _, _ = first_tensor(output)
             if tensor is not None and name not in shapes:
-                shapes[name] = tuple(tensor.shape[1:])
+                folded = tensor.dim() == 0 or tensor.shape[0] != shape[0]
+                shapes[name] = (FoldedShape(tensor.shape) if folded
+                                else tuple(tensor.shape[1:]))
         return hook
 
     try:

@@ -174,9 +174,17 @@ def _spatial_dims(module: nn.Module) -> int:
     return 1 if name.endswith("1d") else 3 if name.endswith("3d") else 2
 
 
+class FoldedShape(tuple):
+    """The whole output shape of a module whose leading dim is not the batch (attention
+    windows folded into it, for instance; :func:`featuremap.capture.trace_shapes` records
+    them): compares and prints as a plain tuple, never read as ``(C, H, W)`` maps."""
+
+
 def _cumulative(shape: tuple[int, ...] | None, height: int, width: int) -> float | None:
-    """Input height / output height for a (C, H, W) output (int when exact)."""
-    if shape is None or len(shape) != 3 or shape[1] == 0:
+    """Input height / output height for a (C, H, W) output (int when exact); None for other
+    outputs, and for one whose leading dim is not the batch (``FoldedShape``: windows of
+    tokens, not maps)."""
+    if shape is None or len(shape) != 3 or shape[1] == 0 or isinstance(shape, FoldedShape):
         return None
     ratio_h, ratio_w = height / shape[1], width / shape[2] if shape[2] else 0
     if ratio_h == ratio_w and ratio_h.is_integer():
