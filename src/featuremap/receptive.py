@@ -339,10 +339,13 @@ def _symbolic_trace(model: nn.Module) -> Any:
     except Exception:  # noqa: BLE001
         if "timm" not in sys.modules:
             raise
-    try:
-        from timm.layers._fx import get_notrace_functions, get_notrace_modules
-    except ImportError:  # pragma: no cover - another timm layout
-        raise RuntimeError("timm's tracing helpers are missing") from None
+    try:  # timm's public names (timm >= 0.9); older releases kept them in a private module
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - an older timm
+        try:
+            from timm.layers._fx import get_notrace_functions, get_notrace_modules
+        except ImportError:
+            raise RuntimeError("timm's tracing helpers are missing") from None
     leaves, functions = set(get_notrace_modules()), tuple(get_notrace_functions())
 
     class Tracer(torch.fx.Tracer):
