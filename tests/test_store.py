@@ -242,6 +242,23 @@ def test_resume_computes_only_what_is_missing(model, data, reference, tmp_path):
     assert (again.done, again.failed, again.already) == (0, 0, N_SCENES + 1)
 
 
+def test_a_manifest_header_with_extra_still_opens_and_resumes(model, data, reference, tmp_path):
+    """Stores written before Header.extra was removed hold ``"extra": {}`` in their header."""
+    from featuremap import open_store
+
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "extra" not in manifest["header"]
+    manifest["header"]["extra"] = {}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / "records" / sorted(os.listdir(out / "records"))[1]).unlink()
+    assert open_store(out).header.layers == LAYERS
+    result = extract(model, data, out)
+    assert result.done + result.failed == CHUNK
+    assert snapshot(out) == snapshot(reference)  # the manifest is rewritten without it
+
+
 # ---------------------------------------------------------------------------- refusals
 
 
