@@ -242,6 +242,43 @@ def test_resume_computes_only_what_is_missing(model, data, reference, tmp_path):
     assert (again.done, again.failed, again.already) == (0, 0, N_SCENES + 1)
 
 
+def test_resume_reads_each_record_once_before_it_starts(model, data, reference, tmp_path,
+                                                       monkeypatch):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    (out / "records" / sorted(os.listdir(out / "records"))[2]).unlink()
+    kept = sorted(os.listdir(out / "records"))
+    reads, original = [], Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.parent.name == "records":
+            reads.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    at_start = []
+    extract(model, data, out, progress=lambda done, total: done or at_start.append(list(reads)))
+    assert sorted(at_start[0]) == kept  # the free-space check and the opening share one read
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_a_manifest_header_with_extra_still_opens_and_resumes(model, data, reference, tmp_path):
+    """Stores written before Header.extra was removed hold ``"extra": {}`` in their header."""
+    from featuremap import open_store
+
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "extra" not in manifest["header"]
+    manifest["header"]["extra"] = {}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / "records" / sorted(os.listdir(out / "records"))[1]).unlink()
+    assert open_store(out).header.layers == LAYERS
+    result = extract(model, data, out)
+    assert result.done + result.failed == CHUNK
+    assert snapshot(out) == snapshot(reference)  # the manifest is rewritten without it
+
+
 # ---------------------------------------------------------------------------- refusals
 
 
@@ -416,8 +453,11 @@ def open_store_complete(path) -> bool:
 def test_dry_run_writes_nothing_and_estimates(model, data, tmp_path):
     from featuremap.store import DryRun
 
-    dry = extract(model, data, tmp_path / "s.zarr", dry_run=True)
+    seen = []
+    dry = extract(model, data, tmp_path / "s.zarr", dry_run=True,
+                  progress=lambda done, total: seen.append((done, total)))
     assert isinstance(dry, DryRun) and not (tmp_path / "s.zarr").exists()
+    assert seen == [(0, 2 * CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 2 * CHUNK)]
     per_image = {"backbone.block1": 16 * 32 * 32 * 4, "backbone.block4": 128 * 8 * 8 * 4}
     assert dry.plan.bytes_per_image == per_image
     assert dry.needed_bytes == sum(per_image.values()) * (N_SCENES + 1)

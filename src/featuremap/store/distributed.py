@@ -6,7 +6,7 @@ pipeline over the chunks the store still lacks, one row per chunk (``start``, ``
 1. read: tasks decode each chunk's images (:func:`featuremap.datasets.batches`, the local
    engine's reader and preprocessing);
 2. compute and write: ``map_batches`` with a fixed pool of ``actors`` actors, each holding the
-   model once, computes the chunk (:func:`featuremap.store.extract.compute_chunk`, the local
+   model once, computes the chunk (:func:`featuremap.store.compute.compute_chunk`, the local
    engine's code) and writes it into the store itself (:meth:`StoreWriter.write_chunk`:
    layer chunks, status chunk, then the chunk's record);
 3. the driver (this process) gathers one small row per chunk (images done, failures) for the
@@ -41,11 +41,11 @@ from typing import Any
 
 from featuremap.datasets import batches
 from featuremap.errors import ConfigError, FeaturemapError, printable
+from featuremap.store.compute import compute_chunk
 from featuremap.store.extract import (
     ExtractResult,
     Progress,
     absolute_items,
-    compute_chunk,
     interrupted,
     make_result,
     raise_write,

@@ -13,25 +13,23 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from featuremap.datasets import batches
 from featuremap.datasets.collection import count_text
 from featuremap.errors import ConfigError, printable
 from featuremap.extraction import Extractor
-from featuremap.store.manifest import DONE, FAILED
-from featuremap.store.plan import DryRun, Plan, free_space, plan, time_images
+from featuremap.store.compute import compute_chunk
+from featuremap.store.manifest import DONE, MANIFEST, read_records
+from featuremap.store.plan import DryRun, Plan, Progress, free_space, plan, time_images
 from featuremap.store.writer import Opened, StoreError, StoreWriter, disk_error
 
-Progress = Callable[[int, int], Any]
 ENGINES = ("local", "ray")
-FLOAT16_MAX = 65504.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -141,7 +139,8 @@ def extract_dataset(
             :mod:`featuremap.store.distributed`).
         address: the Ray cluster to join (default: a local Ray).
         actors: Ray actors, each holding the model once.
-        progress: ``progress(done, total)`` in images, as chunks are stored.
+        progress: ``progress(done, total)`` in images, as chunks are stored (with ``dry_run``,
+            as the timed run's batches are computed).
 
     Returns:
         An :class:`ExtractResult` (a :class:`DryRun` with ``dry_run``).
@@ -172,17 +171,20 @@ def extract_dataset(
     p = plan(model, source, layers=layers, out=out, pool=pool, dtype=dtype,
              batch_size=batch_size, workers=workers, compression=compression, kind=kind,
              reuse=not overwrite)
+    finished = _finished(p, overwrite)
     if dry_run:
-        return _dry_run(p, overwrite)
-    pending = _pending_images(p, overwrite)
+        return _dry_run(p, finished, progress)
+    pending = _pending_images(p, finished)
     _check_free(p, pending)
     if engine == "ray":
         from featuremap.store.distributed import ray_running, run_ray
 
         with ray_running(address, actors, needed=pending > 0):  # before the store is touched
-            opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite)
+            opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite,
+                                      finished=finished)
             return run_ray(p, opened, address=address, actors=actors, progress=progress)
-    opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite)
+    opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite,
+                              finished=finished)
     return run_local(p, opened, progress=progress)
 
 
@@ -191,13 +193,19 @@ def absolute_items(p: Plan) -> list[Any]:
     return p.items
 
 
-def _pending_images(p: Plan, overwrite: bool) -> int:
-    """Images still to compute, counted from an existing store's records (all for a new one)."""
-    from featuremap.store.manifest import MANIFEST, read_records
-
+def _finished(p: Plan, overwrite: bool) -> dict[int, dict[str, str]] | None:
+    """The records of the store at ``p.out`` (:func:`read_records`), read once per run: they
+    count the pending images and are handed to :meth:`StoreWriter.open`. None where no store
+    is resumed (none there yet, or ``overwrite`` replaces it)."""
     if overwrite or not (p.out / MANIFEST).is_file():
+        return None
+    return read_records(p.out)
+
+
+def _pending_images(p: Plan, finished: Mapping[int, Any] | None) -> int:
+    """Images still to compute: those of the chunks without a record (all for a new store)."""
+    if finished is None:
         return len(p.collection)
-    finished = read_records(p.out)
     n, chunk = len(p.collection), p.batch_size
     return sum(min(s + chunk, n) - s for s in range(0, n, chunk) if s not in finished)
 
@@ -214,55 +222,15 @@ def _check_free(p: Plan, pending: int) -> None:
             f"'{printable(p.out)}'; free space, pool the maps (--pool avg) or store float16.")
 
 
-def _dry_run(p: Plan, overwrite: bool) -> DryRun:
-    pending = _pending_images(p, overwrite)
-    seconds, timed = time_images(p, min(len(p.collection), 2 * p.batch_size))
+def _dry_run(p: Plan, finished: Mapping[int, Any] | None, progress: Progress | None
+             ) -> DryRun:
+    pending = _pending_images(p, finished)
+    seconds, timed = time_images(p, min(len(p.collection), 2 * p.batch_size),
+                                 progress=progress)
     return DryRun(p, pending, seconds, timed, free_space(p.out))
 
 
 # ------------------------------------------------------------------------------- the work
-
-
-def compute_chunk(p: Plan, extractor: Extractor, batch: Any, start: int, stop: int
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[int, str]]:
-    """One chunk's stored values, status and failures, from a decoded batch of its images.
-
-    Images that could not be read, and images whose size differs from the store's, are
-    recorded as failed with the reason; their rows stay zero.
-    """
-    n = stop - start
-    maps = {k: np.zeros((n, *p.header.shapes[k]), dtype=p.dtype) for k in p.layers}
-    status = np.full(n, DONE, np.int8)
-    failed: dict[int, str] = {}
-    for skipped in batch.skipped:
-        failed[skipped.index] = skipped.reason
-    for group in batch.groups:
-        if tuple(group.images.shape[1:]) != p.input_shape:
-            h, w = group.images.shape[2:]
-            for index in group.indices.tolist():
-                failed[index] = (f"its size {h} x {w} differs from the store's "
-                                 f"{p.input_shape[1]} x {p.input_shape[2]} (every image of a "
-                                 "store without a crop must share one size)")
-            continue
-        got = extractor.run(torch.from_numpy(group.images))
-        rows = group.indices - start
-        for name in p.layers:
-            values = p.pools[name](got.maps[name]).detach()
-            if p.dtype == "float16":
-                values = _half(values, name)
-            maps[name][rows] = values.cpu().numpy()
-    for index in failed:
-        status[index - start] = FAILED
-    return maps, status, failed
-
-
-def _half(values: torch.Tensor, name: str) -> torch.Tensor:
-    finite = torch.isfinite(values)
-    if bool((values.abs() > FLOAT16_MAX).logical_and(finite).any()):
-        top = float(values[finite].abs().max())
-        raise ConfigError(f"layer '{printable(name)}' has values up to {top:.4g}, beyond "
-                          f"float16's {FLOAT16_MAX:g}: store float32 (--dtype float32).")
-    return values.half()
 
 
 class _Writer(threading.Thread):

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,16 @@ class Header:
     n_images: int
     featuremap_version: str
     format: str = FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Header:
+        """The header a manifest holds; keys it does not know are ignored (such as ``extra``,
+        always empty, in the manifests of stores written by earlier versions)."""
         names = {f for f in cls.__dataclass_fields__}
-        missing = sorted(names - set(data) - {"extra", "format"})
+        missing = sorted(names - set(data) - {"format"})
         if missing:
             raise ConfigError(f"the store's manifest lacks {', '.join(missing)}: not a store "
                               "written by featuremap, or damaged.")

@@ -2,8 +2,9 @@
 
 :func:`plan` resolves everything a run needs (model, images, layers, pooling, the stored shape
 of every layer, the header a store must match) without computing a single real map;
-:func:`dry_run` adds a short timed pass over a few real images and the free space at the
-destination, and says whether the run fits.
+:func:`time_images` times a short pass over a few real images; a :class:`DryRun`
+(``extract_dataset(dry_run=True)``) adds the free space at the destination and says whether
+the run fits.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import featuremap
 from featuremap.budget import check_size, format_bytes
@@ -30,10 +31,12 @@ from featuremap.errors import ConfigError, printable
 from featuremap.extraction import Extractor
 from featuremap.model import Model, as_model
 from featuremap.preprocess import Preprocess
+from featuremap.store.compute import compute_chunk
 from featuremap.store.manifest import Header, weights_digest
 from featuremap.store.pooling import Pooling, pools
 from featuremap.store.writer import COMPRESSIONS
 
+Progress = Callable[[int, int], Any]
 DTYPES = {"float32": 4, "float16": 2}
 MAX_BATCH = 4096
 MAX_WORKERS = 64
@@ -281,25 +284,35 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def time_images(p: Plan, n: int) -> tuple[float | None, int]:
+def time_images(p: Plan, n: int, *, progress: Progress | None = None
+                ) -> tuple[float | None, int]:
     """Seconds per image of decoding + forward + pooling on the first ``n`` images (the first
-    batch warms up and is not counted when there is more than one)."""
+    batch warms up and is not counted when there is more than one): each batch goes through
+    :func:`~featuremap.store.compute.compute_chunk`, a run's per-chunk work, and is not written.
+
+    Args:
+        progress: ``progress(done, total)`` in images, as the batches are computed.
+
+    Raises:
+        ConfigError: what a run would raise (float16 overflow, for instance).
+    """
     extractor = Extractor(p.model, p.layers, reuse_buffers=True)
     items = p.collection.items[: max(1, n)]
     size = max(1, min(p.batch_size, (len(items) + 1) // 2))
     timed, seconds, first = 0, 0.0, True
+    if progress is not None:
+        progress(0, len(items))
     with batches(items, load=p.collection.reader(preprocess=p.preprocess),
                  batch_size=size, workers=p.workers) as stream:
         start = time.perf_counter()
         for batch in stream:
-            for group in batch.groups:
-                got = extractor.run(torch.from_numpy(group.images))
-                for name in p.layers:
-                    p.pools[name](got.maps[name]).cpu().numpy().copy()
+            compute_chunk(p, extractor, batch, batch.start, batch.stop)
             now = time.perf_counter()
             if not first or len(items) <= size:
                 seconds += now - start
                 timed += len(batch.items) + len(batch.skipped)
             first = False
+            if progress is not None:
+                progress(batch.stop, len(items))
             start = time.perf_counter()
     return (seconds / timed if timed else None), timed

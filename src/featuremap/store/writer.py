@@ -106,9 +106,13 @@ class StoreWriter:
     # ---------------------------------------------------------------------- opening
     @classmethod
     def open(cls, root: str | os.PathLike[str], header: Header, items: Sequence[Any], *,
-             overwrite: bool = False) -> Opened:
+             overwrite: bool = False,
+             finished: Mapping[int, dict[str, str]] | None = None) -> Opened:
         """Create the store, or check an existing one against ``header`` and ``items`` (the
         dataset's :class:`~featuremap.datasets.Item` objects).
+
+        ``finished``: the existing store's records when the caller has read them already
+        (:func:`~featuremap.store.manifest.read_records`); without them they are read here.
 
         Raises:
             ConfigError: the path is a file, or a folder that is not a store and not empty;
@@ -131,20 +135,10 @@ class StoreWriter:
                                   "store and not empty: choose a new or empty folder (nothing "
                                   "in it is touched).")
             if not overwrite:
-                stored = read_json(manifest, "the manifest")
-                found = Header.from_dict(stored.get("header", {}))
-                problems = differences(found, header)
-                other = image_differences([e.get("path") for e in stored.get("images", [])],
-                                          [os.fspath(item.path) for item in items])
-                if other:
-                    problems.append(other)
-                if problems:
-                    raise ConfigError(f"'{printable(path)}' holds a store made another way: "
-                                      + "; ".join(problems) + ". Use another --out, or "
-                                      "--overwrite to replace it.")
-                writer = cls(path, found)
+                writer = cls(path, _stored_header(path, header, items))
                 writer.clean()
-                return Opened(writer, read_records(path), False)
+                return Opened(writer, read_records(path) if finished is None
+                              else dict(finished), False)
             _remove_store(path)
         writer = cls(path, header)
         writer.create(items)
@@ -259,6 +253,26 @@ class StoreWriter:
         """``(start, stop)`` of every chunk not yet recorded, in order."""
         n, chunk = self.header.n_images, self.header.chunk
         return [(s, min(s + chunk, n)) for s in range(0, n, chunk) if s not in finished]
+
+
+def _stored_header(path: Path, header: Header, items: Sequence[Any]) -> Header:
+    """The header of the store at ``path``, checked against a run's ``header`` and ``items``.
+
+    Raises:
+        ConfigError: the store was made another way (the message says what differs).
+    """
+    stored = read_json(path / MANIFEST, "the manifest")
+    found = Header.from_dict(stored.get("header", {}))
+    problems = differences(found, header)
+    other = image_differences([e.get("path") for e in stored.get("images", [])],
+                              [os.fspath(item.path) for item in items])
+    if other:
+        problems.append(other)
+    if problems:
+        raise ConfigError(f"'{printable(path)}' holds a store made another way: "
+                          + "; ".join(problems) + ". Use another --out, or --overwrite to "
+                          "replace it.")
+    return found
 
 
 def _umask() -> int:
