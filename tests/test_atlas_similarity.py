@@ -188,7 +188,7 @@ def test_stores_give_what_the_models_give(model, folder, tmp_path):
     np.testing.assert_allclose(stored.matrix, run.matrix, atol=1e-6)
     alone = similarity(model, tmp_path / "a.zarr", batch_size=8)
     np.testing.assert_allclose(np.diagonal(alone.matrix), 1.0, atol=1e-12)
-    with pytest.raises(ConfigError, match="other must be a store of the same images"):
+    with pytest.raises(ConfigError, match="the other side must be a store of the same images"):
         similarity(None, tmp_path / "a.zarr", other=model)
 
 

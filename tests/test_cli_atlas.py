@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, match, early, pairs, classes, tm
 def test_a_store_with_a_model_source_is_refused(stores, capsys):
     first, second = stores
     line = run_error(["similarity", str(first), "--other", "resnet18"], capsys)
-    assert "other must be a store of the same images" in line
+    assert "the other side must be a store of the same images" in line
     line = run_error(["similarity", str(first), "--other", str(second), "--other-weights",
                       "random"], capsys)
     assert "--other-weights is for a second model" in line

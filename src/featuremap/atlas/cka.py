@@ -423,8 +423,9 @@ def _run_stores(model: Any, store: Store, layers: Any, other: Any, other_layers:
     if other is not None:
         second = as_store(other)
         if second is None:
-            raise ConfigError("with a store as the source, other must be a store of the same "
-                              "images (or give a dataset folder to run both models on it).")
+            raise ConfigError("with a store as the source, the other side must be a store of "
+                              "the same images too (or give a dataset folder to run both models "
+                              "on it).")
         if list(second.paths) != list(store.paths):
             raise ConfigError(f"the stores '{a.where}' and '{printable(second.path)}' hold "
                               "different images: CKA compares layers on the same images.")

@@ -242,8 +242,8 @@ def resolve_concepts(concepts: Any, *, classes: Sequence[str] | None, has_masks:
         elif not has_masks or not classes:
             raise ConfigError(f"concepts 'masks' need image/mask pairs with class names "
                               f"(images/, masks/ and classes.txt), but '{source}' has "
-                              f"{'no masks' if not has_masks else 'no classes.txt'}: use "
-                              "concepts=['colour'], or such a dataset.")
+                              f"{'no masks' if not has_masks else 'no classes.txt'}: score "
+                              "the colour concepts only, or use such a dataset.")
         else:
             category = "shape" if tuple(classes) == tuple(shape_classes) else "class"
             out.append(MaskClasses(classes, category=category))
