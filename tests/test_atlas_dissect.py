@@ -191,6 +191,10 @@ def test_label_check(shapes, pairs, result):
     for *_, centre, cell, n, base in check.rows:
         assert 0 <= centre <= cell <= 1 and n == 3 and 0 < base < 1
     assert "centre on" in str(check) and json.dumps(check.to_dict())
+    groups = {(r[0], r[2]) for r in check.rows}
+    body = str(check).splitlines()[1:-1]  # one line per layer and concept
+    assert len(body) == len(groups)
+    assert sum(int(line.split()[2]) for line in body) == len(check.rows)
     mask = np.zeros((64, 64), np.uint8)
     mask[30:34, 30:34] = 1
     patch = Patch(0, 0, 1.0, 0, "x", (4, 4), (0, 0, 64, 64), (0, 0, 64, 64),

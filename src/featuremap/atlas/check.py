@@ -47,15 +47,24 @@ class LabelCheck:
     k: int
 
     def __str__(self) -> str:
+        """One line per layer and concept (detectors, medians and range of their shares); every
+        detector's own row is in :attr:`rows` and :meth:`to_dict`."""
         if not self.rows:
             return "no channel detects a mask concept: nothing to check"
-        width = max(5, *(len(r[0]) for r in self.rows))
-        lines = [f"{'layer':{width}s}  channel  {'concept':12s}    IoU  centre on  cell on  "
-                 "patches  base rate"]
-        for layer, channel, concept, iou, centre, cell, n, base in self.rows:
-            lines.append(f"{printable(layer):{width}s}  {channel:>7}  "
-                         f"{printable(concept):12s}  {iou:5.3f}  {centre:>9.0%}  {cell:>7.0%}  "
-                         f"{n:>7}  {base:>9.1%}")
+        groups: dict[tuple[str, str], list[tuple]] = {}
+        for row in self.rows:
+            groups.setdefault((row[0], row[2]), []).append(row)
+        width = max(5, *(len(printable(r[0])) for r in self.rows))
+        lines = [f"{'layer':{width}s}  {'concept':12s}  detectors  centre on (min-max)  "
+                 "cell on  base rate  channels"]
+        for (layer, concept), rows in groups.items():
+            centre, cell = [r[4] for r in rows], [r[5] for r in rows]
+            spread = f"{np.median(centre):.0%} ({min(centre):.0%}-{max(centre):.0%})"
+            channels = ", ".join(str(r[1]) for r in rows[:6]) + (", ..." if len(rows) > 6
+                                                                else "")
+            lines.append(f"{printable(layer):{width}s}  {printable(concept):12s}  "
+                         f"{len(rows):>9}  {spread:>19}  {np.median(cell):>7.0%}  "
+                         f"{rows[0][7]:>9.1%}  {channels}")
         lines.append(f"median over {len(self.rows)} detectors (top {self.k} patches each): "
                      f"centre on the concept {np.median([r[4] for r in self.rows]):.0%}, "
                      f"cell on it {np.median([r[5] for r in self.rows]):.0%}")
