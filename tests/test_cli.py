@@ -293,13 +293,114 @@ def test_input_too_small_names_the_layer(tmp_path, capsys):
     assert "too small" in line and "features." in line
 
 
+def _caught(monkeypatch) -> tuple[list, list]:
+    """The models the command line loads and the figures it saves (each still loaded and
+    saved): what a command computed, to hold against plain torch."""
+    import featuremap.plot
+    import featuremap.zoo
+
+    models, figures = [], []
+    load, save = featuremap.zoo.load_model, featuremap.plot.save_figure
+
+    def loading(*args, **kwargs):
+        models.append(load(*args, **kwargs))
+        return models[-1]
+
+    def saving(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(featuremap.zoo, "load_model", loading)
+    monkeypatch.setattr(featuremap.plot, "save_figure", saving)
+    return models, figures
+
+
+def _field(module, layer: str) -> int:
+    """The receptive field of ``layer`` in a torchvision ResNet, from its modules: along the
+    main path (not the 1x1 downsample branch), each k x k window with stride s adds
+    (k - 1) x (the product of the strides before it)."""
+    import torch
+
+    field, jump = 1, 1
+    for name, m in module.named_modules():
+        if "downsample" in name or not isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            continue
+        k, s = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride))
+        field, jump = field + (k - 1) * jump, jump * s
+        if name == layer or name.startswith(layer + "."):
+            last = field
+    return last
+
+
 @pytest.mark.parametrize(("draw", "layer"), [("overlay", "layer2"), ("kernels", "conv1")])
-def test_show_overlay_and_kernels(photo, tmp_path, capsys, draw, layer):
-    target = tmp_path / f"{draw}.png"
-    run_ok(["show", str(photo), "-m", "resnet18", "--weights", "random", "--layer", layer,
-            "--draw", draw, "--out", str(target)], capsys)
+def test_show_overlay_and_kernels(tmp_path, capsys, monkeypatch, draw, layer):
+    """The maps ``show`` saves are the layer's output under a plain forward hook on the image
+    as torchvision's own ImageNet preprocessing makes it; the printed line gives their shape,
+    stride and field; the figure is the overlay of their channel mean on that image, or the
+    layer's 64 filters."""
+    import torch
+    from torchvision.models import ResNet18_Weights
+
+    photo = tmp_path / "photo.png"  # short side 256 already: the resize leaves it as it is
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 288, 3), np.uint8)).save(
+        photo)
+    models, figures = _caught(monkeypatch)
+    target, saved = tmp_path / f"{draw}.png", tmp_path / "maps.npz"
+    code, out, err = run(["show", str(photo), "-m", "resnet18", "--weights", "random",
+                          "--layer", layer, "--draw", draw, "--out", str(target),
+                          "--save-maps", str(saved)], capsys)
+    assert code == 0, err
+    (model,), (fig,) = models, figures
+    module = model.module
+    x = ResNet18_Weights.IMAGENET1K_V1.transforms()(Image.open(photo).convert("RGB"))[None]
+    caught: list = []
+    hook = module.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, output: caught.append(output.detach().float().cpu()))
+    try:
+        with torch.no_grad():
+            module(x.to(next(module.parameters()).device))
+    finally:
+        hook.remove()
+    want = caught[0].numpy()
+
+    with np.load(saved) as z:
+        assert z.files == [layer]
+        got = z[layer]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+    _, depth, height, width = want.shape
+    kind = type(module.get_submodule(layer)).__name__
+    assert out.splitlines()[0] == (
+        f"resnet18 {layer} ({kind}): maps {depth} x {height} x {width}, stride "
+        f"{x.shape[-1] // width}, field {_field(module, layer)} px; input "
+        f"{' x '.join(map(str, x.shape[1:]))}")
+    assert "random weights" in err and "enlarged" not in err
     with Image.open(target) as im:
-        assert im.size[0] > 200
+        assert im.format == "PNG"
+
+    panels = [ax for ax in fig.axes if ax.images]
+    if draw == "overlay":
+        (ax,) = panels  # and its colour bar
+        assert len(fig.axes) == 2
+        picture, heat = (im.get_array() for im in ax.images)
+        crop = x[0] * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor(
+            [0.485, 0.456, 0.406])[:, None, None]  # the crop before normalising
+        np.testing.assert_allclose(picture, crop.permute(1, 2, 0).numpy(), atol=1e-5)
+        mean = torch.nn.functional.interpolate(torch.from_numpy(want.mean(1, keepdims=True)),
+                                               size=tuple(x.shape[-2:]), mode="bilinear")[0, 0]
+        np.testing.assert_allclose(heat, mean.numpy(), rtol=1e-4,
+                                   atol=1e-4 * float(mean.abs().max()))
+        assert f"mean of {depth} channels" in ax.get_title()
+    else:
+        weight = module.get_submodule(layer).weight.detach().float().cpu().numpy()
+        assert len(panels) == len(fig.axes) == weight.shape[0] == 64
+        assert panels[0].get_subplotspec().get_geometry()[:2] == (8, 8)
+        for ax, w in zip(panels, weight, strict=True):
+            f = np.moveaxis(w, 0, -1)
+            np.testing.assert_allclose(ax.images[0].get_array(), 0.5 + 0.5 * f / np.abs(f).max(),
+                                       atol=1e-6)
+        assert fig._suptitle.get_text() == f"resnet18 {layer}: 64 filters 7x7 (RGB, grey = 0)"
 
 
 def test_show_bad_draw_and_kernels_of_a_container(photo, capsys):

@@ -4,11 +4,14 @@ A ViT block's tokens, a Swin stage's channels-last maps and ConvNeXt's stages al
 ``(N, C, H, W)`` maps: extract, show, overview, rf, explain, classify --cam, segment --layers,
 probe and fit-seg work on them, through the library and the command line. Layers whose output
 cannot be a map (a ViT attention's queries, a Swin block's windows, the classifier) are refused
-with one line naming the reason. Oracles: timm's own ``forward_intermediates`` for the maps, the
-network split by hand around the layer for Grad-CAM, the network's value for ``explain``.
+with one line naming the reason. Oracles: timm's own ``forward_intermediates`` for the maps (the
+library's and those the commands save and print), the network split by hand around the layer
+for Grad-CAM, the network's value for ``explain``, its softmax for ``classify``.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -262,29 +265,109 @@ def test_clusters_probe_and_fitted_head(case, data):
 # ---------------------------------------------------------------------------- command line
 
 
-def test_commands_give_maps(cli, data, tmp_path, capsys):
-    config = cli
+def _torch_maps(model, data, layers) -> dict[str, torch.Tensor]:
+    """The maps of ``layers`` on the scene from the network itself: timm's
+    ``forward_intermediates`` for its blocks or stages, a forward hook for any other layer (the
+    patch or stem convolution)."""
+    x = _tensor(model, data)
+    stage = {n: int(n.split(".")[1]) for n in layers
+             if n.count(".") == 1 and n.split(".")[0] in ("blocks", "stages", "layers")}
+    maps: dict[str, torch.Tensor] = {}
+    hooks = [model.module.get_submodule(n).register_forward_hook(
+        lambda _m, _i, output, n=n: maps.__setitem__(n, output.detach()))
+        for n in layers if n not in stage]
+    try:
+        with torch.no_grad(), inference_state(model.module):
+            model.module(x)
+            got = model.module.forward_intermediates(x, indices=sorted(set(stage.values())),
+                                                     norm=False, intermediates_only=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    at = dict(zip(sorted(set(stage.values())), got, strict=True))
+    maps.update({n: at[i] for n, i in stage.items()})
+    return maps
+
+
+def _saved(path, want: dict[str, torch.Tensor], layers: list[str]) -> None:
+    """The ``--save-maps`` file holds exactly ``layers``, each equal to the network's own."""
+    with np.load(path) as saved:
+        assert saved.files == layers
+        for name in layers:
+            torch.testing.assert_close(torch.from_numpy(saved[name]), want[name], msg=name)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return " x ".join(map(str, t.shape[1:]))
+
+
+def test_commands_give_maps(cli, case, data, tmp_path, capsys):
+    """What each command prints and saves for the transformer, against the network itself:
+    the maps ``show`` and ``overview`` save are timm's ``forward_intermediates`` (and the
+    patch or stem convolution's output under a hook), and their printed shapes and strides
+    are those maps'; ``explain``'s value is that convolution's; ``classify``'s top five and
+    its Grad-CAM's class and logit are the network's softmax; ``rf`` and ``segment`` print
+    what the library computes."""
+    config, loaded = cli, case[1]
     image, model = str(data / "scene.png"), ["-m", config["name"], "--weights", "random"]
-    layer = config["layer"]
-    out = run_ok(["show", image, "--layer", layer, *model, "--out", str(tmp_path / "g.png"),
-                  "--save-maps", str(tmp_path / "maps.npz")], capsys)
-    assert " x ".join(map(str, config["shape"][1:])) in out
-    with np.load(tmp_path / "maps.npz") as saved:
-        assert saved[layer].shape == config["shape"]
-    run_ok(["show", image, "--layer", layer, "--draw", "overlay", *model, "--out",
-            str(tmp_path / "o.png")], capsys)
-    out = run_ok(["overview", image, *model, "--out", str(tmp_path / "ov.png")], capsys)
-    assert all(name in out for name in config["overview"])
+    layer, conv, name = config["layer"], config["conv"], config["name"]
+    cam = default_cam_layer_of(config)
+    want = _torch_maps(loaded, data, [layer, conv, cam, *config["overview"]])
+    assert tuple(want[layer].shape) == config["shape"]
+    kind = {n: type(loaded.module.get_submodule(n)).__name__ for n in want}
+
+    def stride(n: str) -> int:
+        return 224 // want[n].shape[-1]
+
+    for draw in ("grid", "overlay"):
+        out = run_ok(["show", image, "--layer", layer, "--draw", draw, *model, "--out",
+                      str(tmp_path / f"{draw}.png"), "--save-maps",
+                      str(tmp_path / f"{draw}.npz")], capsys)
+        _saved(tmp_path / f"{draw}.npz", want, [layer])
+        assert out.startswith(f"{name} {layer} ({kind[layer]}): maps {_shape(want[layer])}, "
+                              f"stride {stride(layer)}")
+        assert "; input 3 x 224 x 224\n" in out
+
+    out = run_ok(["overview", image, *model, "--out", str(tmp_path / "ov.png"), "--save-maps",
+                  str(tmp_path / "ov.npz")], capsys)
+    _saved(tmp_path / "ov.npz", want, config["overview"])
+    for n in config["overview"]:
+        assert re.search(rf"^{re.escape(n)} +{kind[n]} +{_shape(want[n])} +stride {stride(n)}\b",
+                         out, re.M), (n, out)
+
     out = run_ok(["rf", image, "--layer", layer, "--at", "3,4", *model, "--out",
                   str(tmp_path / "rf.png")], capsys)
-    assert "gradient support box" in out
-    out = run_ok(["explain", image, "--layer", config["conv"], "--at", "0,3,4", *model], capsys)
-    assert "sum of products" in out
+    traced = trace_field(loaded, image, layer=layer, at=(3, 4))
+    assert f"{name} {layer} at (y, x) = (3, 4), input 224 x 224\n" in out
+    assert f"gradient support box {traced.support.box} (all channels)" in out
+
+    out = run_ok(["explain", image, "--layer", conv, "--at", "0,3,4", *model], capsys)
+    value = re.search(r"^sum of products \S+ \+ bias \S+ = (\S+)$", out, re.M)
+    assert value and float(value.group(1)) == pytest.approx(float(want[conv][0, 0, 3, 4]),
+                                                             rel=1e-5, abs=1e-5)
+    assert f"of an output {_shape(want[conv])}\n" in out
+
     out = run_ok(["classify", image, "--cam", "auto", *model, "--out",
                   str(tmp_path / "cam.png")], capsys)
-    assert f"grad-cam of {config['name']} at '{default_cam_layer_of(config)}'" in out
-    run_ok(["segment", image, "--layers", ",".join(config["seg"]), "--k", "3", *model, "--out",
-            str(tmp_path / "seg.png")], capsys)
+    with torch.no_grad(), inference_state(loaded.module):
+        logits = loaded.module(_tensor(loaded, data))[0]
+    p = logits.softmax(0)
+    rows = [(int(i), float(q)) for i, q in re.findall(
+        r"^ +\d+ +(\d+) +class \d+ +([\d.]+)$", out, re.M)]
+    assert [i for i, _ in rows] == p.topk(5).indices.tolist()
+    assert all(q == pytest.approx(float(p[i]), abs=5e-5) for i, q in rows)
+    top = rows[0][0]
+    _, _, h, w = want[cam].shape
+    assert (f"grad-cam of {name} at '{cam}' ({h}x{w}) for class {top} 'class {top}' "
+            f"(p = {float(p[top]):.3f}, logit {float(logits[top]):.3f})") in out
+
+    out = run_ok(["segment", image, "--layers", ",".join(config["seg"]), "--k", "3", *model,
+                  "--out", str(tmp_path / "seg.png")], capsys)
+    segments = cluster_segments(loaded, image, layers=config["seg"], k=3)
+    assert len(segments.rows()) == 3
+    for label, share in segments.rows():
+        assert re.search(rf"^.*{re.escape(label)} .* {re.escape(share)} ", out, re.M), out
+
     out = run_ok(["probe", str(data / "classes"), "--layers", layer, *model, "--out",
                   str(tmp_path / "p.safetensors")], capsys)
     assert "7 classes, 9 train / 7 test images" in out
@@ -293,8 +376,9 @@ def test_commands_give_maps(cli, data, tmp_path, capsys):
     assert "mIoU" in out
     run_ok(["segment", image, "--head", str(tmp_path / "head.safetensors"), *model, "--out",
             str(tmp_path / "head.png")], capsys)
-    for name in ("g.png", "o.png", "ov.png", "rf.png", "cam.png", "seg.png", "head.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    for png in ("grid.png", "overlay.png", "ov.png", "rf.png", "cam.png", "seg.png", "head.png"):
+        with Image.open(tmp_path / png) as im:
+            assert im.format == "PNG"
 
 
 def default_cam_layer_of(config) -> str:

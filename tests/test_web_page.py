@@ -106,35 +106,24 @@ def browser_page():
         from playwright import sync_api
     except ImportError:
         _no_browser("playwright is not installed (pip install playwright)")
-    import threading
+    from featuremap.web.server import explore
 
-    import uvicorn
-
-    from featuremap.web.server import _config, free_port
-
-    session = make_session()
-    server = uvicorn.Server(_config(create_app(session), "127.0.0.1", free_port("127.0.0.1")))
-    server.install_signal_handlers = lambda: None
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        except Exception as err:  # no browser Playwright can start here
-            server.should_exit = True
-            _no_browser(f"no Chromium to drive: {str(err).splitlines()[0]}")
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60_000)
-        yield session, page, errors
-        browser.close()
-    server.should_exit = True
-    thread.join(5)
+    handle = explore()  # the bundled model and generated scene 7 on a port of its own
+    try:
+        with sync_api.sync_playwright() as p:
+            try:
+                browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            except Exception as err:  # no browser Playwright can start here
+                _no_browser(f"no Chromium to drive: {str(err).splitlines()[0]}")
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(handle.url)
+            page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60_000)
+            yield handle.session, page, errors
+            browser.close()
+    finally:
+        handle.stop()
 
 
 def _settle(page) -> None:

@@ -3,7 +3,9 @@ notebooks (a background thread, a handle to stop it, and an iframe in the notebo
 
 from __future__ import annotations
 
+import errno
 import html
+import os
 import socket
 import threading
 import time
@@ -27,11 +29,33 @@ def check_stack() -> None:
                          "pip install 'featuremap[explore]'.") from None
 
 
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def listen(host: str, port: int | None = None) -> socket.socket:
+    """A socket listening on ``host``:``port``; no port (or 0): a free one, which the system
+    picks as it binds, so that no other server can take it before this one listens (choosing a
+    port, closing it and binding it again leaves that moment). The server is given this socket.
+
+    Raises:
+        ConfigError: a port in use, an address this machine does not have, a host unknown.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise ConfigError(f"cannot listen on {host}: {err.strerror}.") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name != "nt":  # as asyncio does on Unix: a port just left (TIME_WAIT) serves again
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use: choose another with --port, "
+                              "or leave it out for a free one.") from None
+        where = f"{host}:{port}" if port else host
+        raise ConfigError(f"cannot listen on {where}: {err.strerror or err}.") from None
+    return sock
 
 
 def make_session(model: Any = None, image: Any = None, data: Any = None):
@@ -106,6 +130,14 @@ class Explorer:
         return f"Explorer({self.url}, {'running' if self.running else 'stopped'})"
 
 
+def _run(server: Any, sock: socket.socket) -> None:
+    """Serve on ``sock`` (bound by :func:`listen`) until the server is told to stop."""
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
 def _config(app: Any, host: str, port: int):
     import uvicorn
 
@@ -133,15 +165,18 @@ def explore(model: Any = None, image: Any = None, data: Any = None, *,
 
     session = make_session(model, image, data)
     app = create_app(session, hosts=_hosts(host))
-    port = port or free_port(host)
+    sock = listen(host, port)
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(_config(app, host, port))
     server.install_signal_handlers = lambda: None  # the caller's thread keeps its signals
-    thread = threading.Thread(target=server.run, name="featuremap-explorer", daemon=True)
+    thread = threading.Thread(target=_run, args=(server, sock), name="featuremap-explorer",
+                              daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     if not server.started:
+        server.should_exit = True  # and the thread closes the socket when it ends
         raise ConfigError(f"the explorer could not start on {host}:{port}.")
     return Explorer(server, thread, _url(host, port), session)
 
@@ -168,19 +203,24 @@ def serve(model: Any = None, image: Any = None, data: Any = None, *, host: str =
 
     session = make_session(model, image, data)
     app = create_app(session, hosts=_hosts(host))
-    port = port or free_port(host)
-    if host not in LOCAL:
-        say(f"warning: serving on {host}: anyone who can reach this address can run the model "
-            "on this machine.")
-    server = uvicorn.Server(_config(app, host, port))
-    url = _url(host, port)
-    say(f"featuremap explorer at {url} (Ctrl-C stops it)")
-    if session.data is not None:
-        d = session.data
-        say(f"channels of {d.images:,} images from '{d.description}'"
-            + (" (a store)" if d.kind == "store" else ""))
-    if open_browser:
-        import webbrowser
+    sock = listen(host, port)  # a port in use: a ConfigError before anything is said
+    try:
+        port = int(sock.getsockname()[1])
+        if host not in LOCAL:
+            say(f"warning: serving on {host}: anyone who can reach this address can run the "
+                "model on this machine.")
+        server = uvicorn.Server(_config(app, host, port))
+        url = _url(host, port)
+        say(f"featuremap explorer at {url} (Ctrl-C stops it)")
+        if session.data is not None:
+            d = session.data
+            say(f"channels of {d.images:,} images from '{d.description}'"
+                + (" (a store)" if d.kind == "store" else ""))
+        if open_browser:
+            import webbrowser
 
-        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
-    server.run()
+            threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+    except BaseException:
+        sock.close()
+        raise
+    _run(server, sock)
