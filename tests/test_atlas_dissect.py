@@ -238,3 +238,23 @@ def test_a_concept_set_named_twice_is_scored_once(pairs):
     twice = resolve_concepts(["masks", "colour", "shapes", "colors"], classes=CLASSES,
                              has_masks=True, source="x")
     assert sorted(type(s).__name__ for s in twice) == sorted(type(s).__name__ for s in once)
+
+
+def test_the_second_pass_reuses_the_first_pass_s_maps_when_they_fit(shapes, pairs, monkeypatch):
+    import featuremap.atlas.dissection as module
+
+    calls = []
+    handle = shapes.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        kept = dissect(shapes, pairs, layers=LAYERS, batch_size=5)
+        once = len(calls)
+        monkeypatch.setattr(module, "CACHE_BYTES", 0)  # nothing fits: the network runs again
+        calls.clear()
+        again = dissect(shapes, pairs, layers=LAYERS, batch_size=5)
+        twice = len(calls)
+    finally:
+        handle.remove()
+    assert once == 3 and twice == 6  # 12 images in batches of 5: 3 forward passes per pass
+    for a, b in zip(kept.layers, again.layers):
+        np.testing.assert_array_equal(a.thresholds, b.thresholds)
+        np.testing.assert_array_equal(a.iou, b.iou)

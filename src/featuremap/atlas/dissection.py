@@ -1,6 +1,6 @@
 """Network dissection: which channels are detectors of which concept (Bau et al., 2017).
 
-:func:`dissect` streams a dataset (or a store) twice, one batch in memory at a time:
+:func:`dissect` streams a dataset (or a store) twice, one batch of images in memory at a time:
 
 1. every channel's maps are upsampled to the image (bilinear, as NetDissect) and the value
    exceeded by the top ``quantile`` (0.5%) of all its upsampled values over the dataset is
@@ -9,6 +9,10 @@
 2. each channel's upsampled maps, thresholded there, are compared with the pixels of every
    concept (:mod:`featuremap.atlas.concepts`): intersection and union counts summed over the
    dataset give one IoU per channel and concept (NetDissect's dataset-wide IoU).
+
+On a dataset the network runs once per image: the first pass's maps of the dissected channels
+are kept for the second while they fit in :data:`CACHE_BYTES` (256 MiB), and only when they do
+not does the second pass run the network again.
 
 A channel detects its best concept when that IoU passes ``threshold`` (0.04, as the paper);
 else it detects none. Each layer then has a share of channels per category (colour, shape,
@@ -39,6 +43,7 @@ __all__ = ["Dissection", "LayerDissection", "concept_sets", "dissect", "dissect_
            "upsampled"]
 
 ELEMENTS = 2**22  # upsampled values handled at once (n x C x H x W), to bound memory
+CACHE_BYTES = 256 * 2**20  # the first pass's maps kept for the second when they fit in this
 BINS = 4096
 METHOD = (f"per-channel histogram of {BINS} bins from the smallest value of the first batch, "
           "widened by doubling as larger values arrive; read from the top, linearly "
@@ -276,11 +281,13 @@ def dissect_source(source: MapSource, sets: list[ConceptSet], *, quantile: float
     first = None if progress is None else (lambda done, _: progress(done, 2 * n))
     second = None if progress is None else (lambda done, _: progress(n + done, 2 * n))
     chosen = {k: torch.tensor(list(v), dtype=torch.long) for k, v in (select or {}).items()}
-    quantiles, seen = _thresholds(source, quantile, first, chosen, tap)
+    cache = _Kept(CACHE_BYTES) if source.features is None else None
+    quantiles, seen = _thresholds(source, quantile, first, chosen, tap, cache)
     if not seen:
         raise source.nothing_read()
     thresholds = {k: q.thresholds() for k, q in quantiles.items()}
-    counts = _overlaps(source, sets, thresholds, second, chosen)
+    kept = cache.maps if cache is not None else None
+    counts = _overlaps(source, sets, thresholds, second, {} if kept else chosen, kept)
     concepts = tuple(c for s in sets for c in s.concepts)
     categories = tuple(dict.fromkeys(s.category for s in sets))
     layers_out = [_layer_result(k, concepts, thresholds[k], quantiles[k].max_error, counts[k],
@@ -301,10 +308,32 @@ def _selected(piece: Piece, name: str, select: dict[str, torch.Tensor]) -> torch
     return maps.index_select(1, select[name].to(maps.device))
 
 
+class _Kept:
+    """The first pass's maps of a dataset (the dissected channels), by image, for the second
+    pass, as long as they fit in ``limit`` bytes; past it none are kept and the second pass
+    runs the network again (memory stays bounded whatever the dataset's size)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.bytes = limit, 0
+        self.maps: dict[int, dict[str, torch.Tensor]] | None = {}
+
+    def add(self, piece: Piece, name: str, maps: torch.Tensor) -> None:
+        if self.maps is None:
+            return
+        self.bytes += maps.numel() * maps.element_size()
+        if self.bytes > self.limit:
+            self.maps = None
+            return
+        kept = maps.detach().to("cpu", copy=True)
+        for row, index in enumerate(piece.indices.tolist()):
+            self.maps.setdefault(index, {})[name] = kept[row]
+
+
 def _thresholds(source: MapSource, quantile: float, progress: Any,
-                select: dict[str, torch.Tensor], tap: Callable[[Piece], Any] | None
-                ) -> tuple[dict[str, TopQuantile], int]:
-    """Pass 1: each layer's per-channel top-quantile estimator, and the images read."""
+                select: dict[str, torch.Tensor], tap: Callable[[Piece], Any] | None,
+                cache: _Kept | None = None) -> tuple[dict[str, TopQuantile], int]:
+    """Pass 1: each layer's per-channel top-quantile estimator, and the images read (their
+    maps kept in ``cache`` when they fit)."""
     estimators: dict[str, TopQuantile] = {}
     seen = 0
     for piece in source.stream(progress=progress):
@@ -313,6 +342,8 @@ def _thresholds(source: MapSource, quantile: float, progress: Any,
             tap(piece)
         for name in source.layers:
             maps = _selected(piece, name, select)
+            if cache is not None:
+                cache.add(piece, name, maps)
             if name not in estimators:
                 estimators[name] = TopQuantile(maps.shape[1], quantile, bins=BINS)
             for values in upsampled(maps, piece.size):
@@ -321,9 +352,11 @@ def _thresholds(source: MapSource, quantile: float, progress: Any,
 
 
 def _overlaps(source: MapSource, sets: list[ConceptSet], thresholds: dict[str, torch.Tensor],
-              progress: Any, select: dict[str, torch.Tensor]) -> dict[str, Any]:
+              progress: Any, select: dict[str, torch.Tensor],
+              kept: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Pass 2: per layer ``{"inter": (C, K), "active": (C,)}`` counts, and per concept its
-    pixels (``"concept"``), and all pixels (``"pixels"``)."""
+    pixels (``"concept"``), and all pixels (``"pixels"``); with ``kept`` (the first pass's maps
+    by image) the network does not run again."""
     colour = any(not s.needs_masks for s in sets)
     masks = any(s.needs_masks for s in sets)
     k = sum(len(s.names) for s in sets)
@@ -331,7 +364,7 @@ def _overlaps(source: MapSource, sets: list[ConceptSet], thresholds: dict[str, t
     for name, t in thresholds.items():
         out[name] = {"inter": torch.zeros(len(t), k, dtype=torch.float64),
                      "active": torch.zeros(len(t), dtype=torch.float64)}
-    for piece in source.stream(images=colour, masks=masks, progress=progress):
+    for piece in source.stream(images=colour, masks=masks, progress=progress, kept=kept):
         onehot = _onehot(piece, sets, k)  # (n x H x W, K)
         out["concept"] += onehot.sum(0).double().numpy()
         out["pixels"] += onehot.shape[0]

@@ -136,24 +136,29 @@ class MapSource:
                         yield indices[at], image
 
     def stream(self, *, images: bool = False, masks: bool = False,
-               progress: Progress | None = None) -> Iterator[Piece]:
+               progress: Progress | None = None,
+               kept: dict[int, dict[str, torch.Tensor]] | None = None) -> Iterator[Piece]:
         """The maps of every readable image, one piece at a time, in source order.
 
         Args:
             images: also give the images (``[0, 1]``, as the network saw them).
             masks: also give the masks (image/mask pairs only).
             progress: ``progress(images passed, images)`` after each piece.
+            kept: a dataset's maps already computed, ``{image index: {layer: (C, h, w)}}``:
+                the images are decoded but the network does not run (a store ignores it).
         """
         if masks and not self.has_masks:
             raise ConfigError(f"'{self.description}' has no masks: masks need image/mask pairs "
                               "(images/ and masks/ with one label map per image).")
         if self.features is not None:
             return self._store_pieces(images, masks, progress)
-        return self._dataset_pieces(images, progress)
+        return self._dataset_pieces(images, progress, kept)
 
-    def _dataset_pieces(self, images: bool, progress: Progress | None) -> Iterator[Piece]:
+    def _dataset_pieces(self, images: bool, progress: Progress | None,
+                        kept: dict[int, dict[str, torch.Tensor]] | None = None
+                        ) -> Iterator[Piece]:
         m = self.model
-        extractor = Extractor(m, self.layers, reuse_buffers=True)
+        extractor = None if kept is not None else Extractor(m, self.layers, reuse_buffers=True)
         pre = self.preprocess  # with images: raw pixels decoded, normalised here
         load = self.collection.reader(preprocess=pre.load if images else pre)
         with batches(self.collection, load=load, batch_size=self.batch_size,
@@ -162,11 +167,16 @@ class MapSource:
                 for skipped in batch.skipped:
                     self.skipped[skipped.item.name] = skipped.reason
                 for group in batch.groups:
-                    pixels = torch.from_numpy(pre.normalise(group.images) if images
-                                              else group.images)
-                    got = extractor.run(pixels)
-                    maps = {name: _spatial(got.meta[name], got.maps[name])
-                            for name in self.layers}
+                    if extractor is None:
+                        rows = group.indices.tolist()
+                        maps = {name: torch.stack([kept[i][name] for i in rows])
+                                for name in self.layers}
+                    else:
+                        pixels = torch.from_numpy(pre.normalise(group.images) if images
+                                                  else group.images)
+                        got = extractor.run(pixels)
+                        maps = {name: _spatial(got.meta[name], got.maps[name])
+                                for name in self.layers}
                     yield Piece(group.indices, maps, group.images if images else None,
                                 group.masks, tuple(group.images.shape[2:]))
 
