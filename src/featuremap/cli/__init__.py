@@ -14,14 +14,10 @@ from typing import Annotated
 
 import typer
 
-from featuremap.cli import (  # noqa: F401 - they register commands
-    atlas,
-    basics,
-    explore,
-    networks,
-    store,
-    uses,
-)
+# isort: off
+# the order of `featuremap --help`: first steps, networks, uses, datasets, the atlas, the explorer
+from featuremap.cli import basics, networks, uses, store, atlas, explore  # noqa: F401
+# isort: on
 from featuremap.cli.common import WRITTEN, app
 from featuremap.errors import FeaturemapError, printable
 

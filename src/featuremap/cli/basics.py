@@ -176,8 +176,7 @@ def demo(
     device: DeviceOpt = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """Write a self-contained HTML report: feature maps tuned and explained, a network low to
-    high, receptive fields, recognition and segmentation, what each channel detects."""
+    """Write a self-contained HTML report: feature maps from filters to what channels detect."""
     from featuremap.demo import build_demo
     from featuremap.images import load_image
     from featuremap.model import resolve_device

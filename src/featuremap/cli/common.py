@@ -13,11 +13,39 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from featuremap.errors import ConfigError, printable
 from featuremap.outputs import FIGURE_SUFFIXES
 
-app = typer.Typer(
+
+class _Command(typer.core.TyperCommand):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _flag(super().get_help_option(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _flag(super().get_help_option(ctx))
+
+
+def _flag(option: Any) -> Any:
+    """``--help`` shown as the flag it is (not as ``--help <bool>``)."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _App(typer.Typer):
+    """The app whose commands show ``--help`` without a value type."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     name="featuremap",
     help="Compute, see, tune and use the feature maps of convolutional neural networks.",
     no_args_is_help=True,
