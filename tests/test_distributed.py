@@ -240,9 +240,9 @@ def test_an_error_raised_in_an_actor_reaches_the_caller_as_raised(local_ray, dat
 def test_errors_are_one_line_without_ray_or_without_a_cluster(data, tmp_path):
     """In a fresh process (no Ray running): Ray missing, then an address where nothing
     listens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    held = socket.socket()  # bound, never listening: connections are refused, and no other
+    held.bind(("127.0.0.1", 0))  # process can listen on the port while the test holds it
+    port = held.getsockname()[1]
     args = ["extract", str(data), "--layers", LAYERS, "--out", str(tmp_path / "x.zarr"),
             "--engine", "ray"]
     script = f"""
@@ -262,8 +262,11 @@ del sys.modules["ray"]
 unreachable = run({args!r} + ["--address", "127.0.0.1:{port}"])
 print(json.dumps([missing, unreachable]))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    finally:
+        held.close()
     assert done.returncode == 0, done.stderr
     (code1, err1), (code2, err2) = json.loads(done.stdout.splitlines()[-1])
     for code, err in ((code1, err1), (code2, err2)):
