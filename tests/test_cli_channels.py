@@ -44,7 +44,8 @@ def test_atlas_writes_the_library_s_page(shapes, scenes, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--channels", "3-1"], "ranges such as"),
+    (["--channels", "3-1"], "runs backwards"),
+    (["--channels", "3,x"], "'x' is not a channel number"),
     (["--channels", "999"], "outside the 64 channels"),
     (["--layer", "backbone.blok3"], "Did you mean 'backbone.block3'"),
     (["--k", "0"], "k must be"),

@@ -126,7 +126,8 @@ def test_a_store_serves_its_whole_layers_only(session, pairs, tmp_path):
 @pytest.mark.parametrize("body, status, match", [
     ({"layer": "backbone.blok3"}, 400, "Did you mean 'backbone.block3'"),
     ({"layer": "classifier.fc"}, 400, "feature maps"),
-    ({"layer": LAYER, "channels": "0-64"}, 400, "channel 64 is outside the 64 channels"),
+    ({"layer": LAYER, "channels": "60-64"}, 400, "channel 64 is outside the 64 channels"),
+    ({"layer": "backbone.block4", "channels": "all"}, 400, "has 128 channels; at most 64"),
     ({"layer": LAYER, "channels": "70"}, 400, "channel 70 is outside"),
     ({"layer": LAYER, "channels": "3,x"}, 400, "'x' is not a channel number"),
     ({"layer": LAYER, "channels": "8-2"}, 400, "runs backwards"),

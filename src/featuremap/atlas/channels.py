@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -188,36 +189,37 @@ class ChannelAtlas:
 
 
 def parse_channels(text: str, *, limit: int = 1 << 20) -> list[int] | None:
-    """Channels written as text: ``"0-15,32,40-47"`` (ranges inclusive), or ``"all"`` (None).
+    """Channels written as text: ``"0-15,32,40-47"`` (ranges inclusive, duplicates dropped),
+    or ``"all"`` (None).
 
     Raises:
-        ConfigError: anything else, a range that runs backwards, or more than ``limit``
-            channels.
+        ConfigError: a part that is not a number (ASCII digits, at most 9) or a range, a range
+            that runs backwards, more than ``limit`` channels, nothing at all.
 
     Example:
-        >>> parse_channels("0-3,9")
+        >>> parse_channels("0-3,9,2")
         [0, 1, 2, 3, 9]
     """
-    words = [w.strip() for w in str(text).split(",") if w.strip()]
+    words = [w for w in str(text).replace(" ", "").split(",") if w]
     if [w.lower() for w in words] == ["all"]:
         return None
     chosen: list[int] = []
     for word in words:
-        low, dash, high = word.partition("-")
-        try:
-            a, b = int(low), int(high if dash else low)
-        except ValueError:
-            a, b = 0, -1
-        if not (low.strip().isdigit() and (not dash or high.strip().isdigit())) or b < a:
-            raise ConfigError(f"channels are numbers and ranges such as 0-15,32 (or 'all'), "
-                              f"got '{printable(str(text))[:60]}'.")
+        found = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", word)
+        if found is None:
+            raise ConfigError(f"channels: '{printable(word)[:20]}' is not a channel number or a "
+                              "range: write them as 0-15,32 (or all).")
+        a = int(found[1])
+        b = int(found[2]) if found[2] is not None else a
+        if b < a:
+            raise ConfigError(f"channels: the range {a}-{b} runs backwards: write {b}-{a}.")
         if len(chosen) + b - a + 1 > limit:
-            raise ConfigError(f"'{printable(str(text))[:60]}' names more than {limit:,} "
-                              "channels.")
+            raise ConfigError(f"channels: at most {limit:,} channels at once; compute the "
+                              "others in another run.")
         chosen.extend(range(a, b + 1))
     if not chosen:
         raise ConfigError("channels is empty: give numbers and ranges such as 0-15,32, or "
-                          "'all'.")
+                          "all.")
     return list(dict.fromkeys(chosen))
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,35 +113,24 @@ def check_data(model: Any, data: Any) -> Data:
 
 def parse_channels(text: str | None, depth: int, layer: str) -> tuple[int, ...]:
     """``"0-15,32"`` as channel numbers of a layer of ``depth`` channels (None or blank: the
-    first 16), at most 64 (:mod:`featuremap.web.bodies`), duplicates dropped.
+    first 16), at most 64 (:mod:`featuremap.web.bodies`), duplicates dropped: the library's
+    :func:`featuremap.atlas.channels.parse_channels` with the page's default and cap.
 
     Raises:
         ConfigError: a part that is not a number or a range, a channel outside the layer, too
             many channels.
     """
+    from featuremap.atlas.channels import parse_channels as parse
     from featuremap.atlas.patches import check_channels
 
     if text is None or not text.strip():
         return tuple(range(min(DEFAULT_CHANNELS, depth)))
-    chosen: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        found = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", part)
-        if found is None:
-            raise ConfigError(f"channels: '{printable(part)[:20]}' is not a channel number or a "
-                              "range: write them as 0-15,32.")
-        a = int(found[1])
-        b = int(found[2]) if found[2] is not None else a
-        if b < a:
-            raise ConfigError(f"channels: the range {a}-{b} runs backwards: write {b}-{a}.")
-        if b >= depth:
-            raise ConfigError(f"channel {max(a, depth)} is outside the {depth} channels of "
-                              f"'{layer}' (0..{depth - 1}).")
-        if len(chosen) + b - a + 1 > MAX_CHANNELS:
-            raise ConfigError(f"channels: at most {MAX_CHANNELS} channels at once; compute the "
-                              "others in another run.")
-        chosen.extend(range(a, b + 1))
+    chosen = parse(text, limit=MAX_CHANNELS)
+    if chosen is None:  # 'all'
+        if depth > MAX_CHANNELS:
+            raise ConfigError(f"channels: '{printable(layer)}' has {depth} channels; at most "
+                              f"{MAX_CHANNELS} at once: name some, such as 0-{MAX_CHANNELS - 1}.")
+        chosen = list(range(depth))
     return check_channels(chosen, depth, layer)  # distinct, in range, not empty
 
 
