@@ -75,6 +75,9 @@ def test_same_seed_same_images_and_state_restored(model):
     module.train()
     flags = [p.requires_grad for p in module.parameters()]
     deterministic = torch.are_deterministic_algorithms_enabled()
+    during: list[bool] = []  # on the CPU the process-wide switch is left alone
+    hook = module.register_forward_pre_hook(
+        lambda *_: during.append(torch.are_deterministic_algorithms_enabled()))
     try:
         first = visualize(model, layer="backbone.block3", channels=[5, 1], size=32, steps=5)
         again = visualize(model, layer="backbone.block3", channels=[5, 1], size=32, steps=5)
@@ -82,7 +85,9 @@ def test_same_seed_same_images_and_state_restored(model):
                           seed=1)
         assert module.training and all(m.training for m in module.modules())
     finally:
+        hook.remove()
         module.eval()
+    assert during and set(during) == {deterministic}
     assert [p.requires_grad for p in module.parameters()] == flags
     assert torch.are_deterministic_algorithms_enabled() == deterministic
     assert not any("forward" in vars(m) for m in module.modules())  # ReLUs given back

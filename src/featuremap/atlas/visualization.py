@@ -337,8 +337,13 @@ def _redirected(relus: Sequence[torch.nn.ReLU]) -> Iterator[None]:
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    """torch's deterministic algorithms for the block; the previous settings restored."""
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """On a GPU, torch's deterministic algorithms for the block, the previous settings
+    restored. The switch is process-wide (a server's other threads would run under it), and on
+    the CPU the ops used here are deterministic without it, so there it is left alone."""
+    if device.type == "cpu":
+        yield
+        return
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -423,7 +428,7 @@ def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: in
     chosen = _channel_list(channels, _depth(m, name, size), name)
     _check_memory(m, name, len(chosen), size)
     notes = [ASSUMED_NOTE.format(m.preprocess.describe())] if m.assumed_preprocess else []
-    with inference_state(m.module, notes=notes), _deterministic():
+    with inference_state(m.module, notes=notes), _deterministic(m.device):
         images, final, start = _optimise(m, name, chosen, size, steps, seed, progress)
     return Visualization(m.name, name, chosen, images.cpu().numpy().astype(np.float32),
                          final.cpu().numpy().astype(np.float64),
