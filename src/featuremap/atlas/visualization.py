@@ -22,9 +22,9 @@ Distill 2017) on plain torch:
   convolution may round differently), and the cost of a step is shared.
 
 The same seed gives the same images: the random draws come from seeded ``torch.Generator``
-objects, and torch's deterministic algorithms are switched on for the call only (on the CPU
-every step is then reproducible; on CUDA ``grid_sample``'s backward has no deterministic kernel
-and torch warns).
+objects, and every step on the CPU is reproducible as it is (tested). On a GPU torch's
+deterministic algorithms are switched on for the call only (a process-wide switch, so it is left
+alone on the CPU); ``grid_sample``'s backward has no deterministic CUDA kernel and torch warns.
 
 Example:
     >>> v = visualize(load_model("shapes"), layer="backbone.block4", channels=[0, 5], size=64,
