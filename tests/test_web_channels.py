@@ -245,8 +245,15 @@ def test_the_page_computes_shows_progress_and_sorts(browser, pairs):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(handle.url)
         page.wait_for_selector("body[data-ready='1']", state="attached", timeout=30_000)
+        own_title = page.get_attribute("#upload", "title")
         page.click("#tabs button[data-view=channels]")
         page.wait_for_selector("#ch-layer option[value='backbone.block4']", state="attached")
+        # the image controls do nothing here: disabled, saying why; back as they were elsewhere
+        assert page.is_disabled("#image") and page.is_disabled("#upload")
+        assert "--data" in page.get_attribute("#upload", "title")
+        page.click("#tabs button[data-view=lab]")
+        assert page.is_enabled("#upload") and page.get_attribute("#upload", "title") == own_title
+        page.click("#tabs button[data-view=channels]")
         page.select_option("#ch-layer", LAYER)
         page.fill("#ch-channels", "0-3")
         page.fill("#ch-steps", "8")

@@ -1908,6 +1908,13 @@ function activate(view) {
     $(`view-${name}`).hidden = name !== view;
   }
   for (const b of document.querySelectorAll("#tabs button")) b.setAttribute("aria-selected", String(b.dataset.view === view));
+  // the Channels view reads the data the explorer was started with, not the image
+  for (const id of ["image", "upload", "seed", "scene"]) {
+    const el = $(id);
+    if (el.dataset.ownTitle === undefined) el.dataset.ownTitle = el.title;
+    el.disabled = view === "channels";
+    el.title = view === "channels" ? "The Channels view reads the data the explorer was started with (--data), not this image" : el.dataset.ownTitle;
+  }
   VIEWS[view].show();
 }
 
