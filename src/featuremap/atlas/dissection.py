@@ -324,7 +324,7 @@ class _Kept:
         if self.bytes > self.limit:
             self.maps = None
             return
-        kept = maps.detach().to("cpu", copy=True)
+        kept = maps.detach().clone()  # where it is (a GPU's second pass stays there)
         for row, index in enumerate(piece.indices.tolist()):
             self.maps.setdefault(index, {})[name] = kept[row]
 
