@@ -40,7 +40,7 @@ def check(name):
                 RESULTS[name] = {"error": f"{type(err).__name__}: {err}",
                                  "trace": traceback.format_exc(limit=4)}
                 status = "FAILED"
-            RESULTS[name]["seconds"] = round(time.perf_counter() - began, 2)
+            RESULTS[name]["check_seconds"] = round(time.perf_counter() - began, 2)
             print(f"[{status}] {name}: {json.dumps(RESULTS[name], default=str)[:600]}",
                   flush=True)
         return run

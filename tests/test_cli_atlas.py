@@ -16,6 +16,7 @@ from featuremap.bundled.scenes import save_dataset
 from featuremap.outputs import finite
 from featuremap.store import extract_dataset
 
+CPU = ["--device", "cpu"]  # the library calls they are compared with run on the CPU
 LAYERS = ["backbone.block1", "backbone.block4"]
 
 
@@ -59,7 +60,7 @@ def never(*_args, **_kwargs):
 def test_dissect_prints_and_writes_what_the_library_returns(shapes, pairs, tmp_path, capsys):
     figure, data = tmp_path / "d.png", tmp_path / "d.json"
     out = run_ok(["dissect", str(pairs), "--layers", ",".join(LAYERS), "--batch-size", "8",
-                  "--out", str(figure), "--json", str(data)], capsys)
+                  "--out", str(figure), "--json", str(data), *CPU], capsys)
     expected = dissect(shapes, str(pairs), layers=LAYERS, batch_size=8)
     assert out.splitlines() == [*printed(expected), f"wrote {figure} and {data}"]
     assert json.loads(data.read_text()) == as_json(expected.to_dict())
@@ -71,7 +72,7 @@ def test_dissect_options_and_the_label_check(shapes, pairs, tmp_path, capsys):
     data = tmp_path / "d.json"
     out = run_ok(["dissect", str(pairs), "--layers", "backbone.block4", "--concepts", "masks",
                   "--quantile", "0.01", "--threshold", "0.1", "--check-labels", "--k", "3",
-                  "--json", str(data)], capsys)
+                  "--json", str(data), *CPU], capsys)
     expected = dissect(shapes, str(pairs), layers="backbone.block4", concepts=["masks"],
                        quantile=0.01, threshold=0.1)
     check = check_labels(shapes, str(pairs), expected, k=3)
@@ -97,7 +98,7 @@ def test_similarity_prints_and_writes_what_the_library_returns(shapes, pairs, tm
                                                                capsys):
     figure, data = tmp_path / "cka.png", tmp_path / "cka.json"
     out = run_ok(["similarity", str(pairs), "--layers", ",".join(LAYERS), "--batch-size", "8",
-                  "--out", str(figure), "--json", str(data)], capsys)
+                  "--out", str(figure), "--json", str(data), *CPU], capsys)
     expected = similarity(shapes, str(pairs), layers=LAYERS, batch_size=8)
     assert out.splitlines() == [*printed(expected), f"wrote {figure} and {data}"]
     assert json.loads(data.read_text()) == as_json(expected.to_dict())
@@ -108,8 +109,8 @@ def test_similarity_prints_and_writes_what_the_library_returns(shapes, pairs, tm
 
 def test_similarity_of_two_models_with_avg_pooling(shapes, pairs, capsys):
     out = run_ok(["similarity", str(pairs), "--layers", ",".join(LAYERS), "--other", "shapes",
-                  "--other-layers", "backbone.block2", "--pool", "avg", "--batch-size", "12"],
-                 capsys)
+                  "--other-layers", "backbone.block2", "--pool", "avg", "--batch-size", "12",
+                  *CPU], capsys)
     expected = similarity(shapes, str(pairs), layers=LAYERS, other=shapes,
                           other_layers=["backbone.block2"], pool="avg", batch_size=12)
     assert out.splitlines() == printed(expected)

@@ -23,7 +23,7 @@ def scenes(tmp_path_factory):
 def test_atlas_writes_the_library_s_page(shapes, scenes, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = run_ok(["atlas", str(scenes), "--layer", "backbone.block3", "--channels", "5,0-2",
-                  "--k", "3", "--steps", "4", "--sort", "iou"], capsys)
+                  "--k", "3", "--steps", "4", "--sort", "iou", "--device", "cpu"], capsys)
     page = tmp_path / "featuremap-atlas.html"
     assert f"wrote {page.name}" in out
     expected = channel_atlas(shapes, scenes, layer="backbone.block3", channels=[5, 0, 1, 2],

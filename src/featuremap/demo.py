@@ -199,7 +199,7 @@ def _network(report: Report, image, *, scene_seed: int, photo_size: int, device=
                   "its early layers still find edges and colour contrasts.")
     first, conv = next((n, m) for n, m in model.module.named_modules()
                        if isinstance(m, torch.nn.Conv2d))
-    weight = conv.weight.detach().numpy()
+    weight = conv.weight.detach().cpu().numpy()
     report.figure(plot.plot_filters(weight, title=f"{first}:"),
                   "The learned filters of the first convolution.")
     infos = list_layers(model.module, input_size=size, leaves_only=True)

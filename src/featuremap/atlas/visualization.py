@@ -65,6 +65,8 @@ __all__ = [
 
 COLOR_CORRELATION_SVD_SQRT = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
 """Lucid's square root of ImageNet's colour correlation: maps decorrelated colour to RGB."""
+CUDA_NOTE = ("on CUDA the same seed gives somewhat different images from run to run "
+             "(grid_sample's backward has no deterministic kernel); on the CPU the same ones")
 SIZE_RANGE = (16, 1024)
 STEPS_RANGE = (1, 10_000)
 LEARNING_RATE = 0.05
@@ -344,13 +346,17 @@ def _deterministic(device: torch.device) -> Iterator[None]:
     if device.type == "cpu":
         yield
         return
+    import warnings
+
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        yield
+        with warnings.catch_warnings():  # said once, as a note, not at every step
+            warnings.filterwarnings("ignore", message=".*deterministic implementation.*")
+            yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
@@ -428,6 +434,8 @@ def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: in
     chosen = _channel_list(channels, _depth(m, name, size), name)
     _check_memory(m, name, len(chosen), size)
     notes = [ASSUMED_NOTE.format(m.preprocess.describe())] if m.assumed_preprocess else []
+    if m.device.type == "cuda":
+        notes.append(CUDA_NOTE)
     with inference_state(m.module, notes=notes), _deterministic(m.device):
         images, final, start = _optimise(m, name, chosen, size, steps, seed, progress)
     return Visualization(m.name, name, chosen, images.cpu().numpy().astype(np.float32),
