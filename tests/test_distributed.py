@@ -29,7 +29,6 @@ from featuremap.bundled.scenes import save_dataset
 from featuremap.errors import ConfigError
 from featuremap.store import Interrupted, StoreWriter, extract_dataset, open_store, plan
 from featuremap.store.distributed import run_ray
-from featuremap.store.extract import absolute_items
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
@@ -202,7 +201,7 @@ def test_a_killed_actor_is_replaced_and_every_image_is_done_once(local_ray, data
     marker = tmp_path / "killed-once"
     out = tmp_path / "killed.zarr"
     p = plan(load_model("shapes"), data, layers=LAYERS, out=out, batch_size=BATCH)
-    opened = StoreWriter.open(p.out, p.header, absolute_items(p))
+    opened = StoreWriter.open(p.out, p.header, p.items)
 
     def die_once(module, args):  # travels with the model (cloudpickle), runs in the actor
         if not os.path.exists(marker):
@@ -224,7 +223,7 @@ def test_an_error_raised_in_an_actor_reaches_the_caller_as_raised(local_ray, dat
     line, without Ray's wrappers; the store stays resumable."""
     p = plan(load_model("shapes"), data, layers=LAYERS, out=tmp_path / "e.zarr",
              batch_size=BATCH)
-    opened = StoreWriter.open(p.out, p.header, absolute_items(p))
+    opened = StoreWriter.open(p.out, p.header, p.items)
 
     def refuse(module, args):
         raise ConfigError("layer 'x' has values beyond float16's 65504")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremap.capture import Capture, device_of
+from featuremap.capture import Capture, blank_input, device_of
 from featuremap.errors import ConfigError, printable
-from featuremap.layers import resolve_layers
+from featuremap.layers import resolve_layers, size_pair
 from featuremap.preprocess import Preprocess
 
 __all__ = [
@@ -290,7 +290,6 @@ class Model:
         Raises:
             ConfigError: a model without any layer of spatial maps.
         """
-        from featuremap.layers import size_pair
         from featuremap.receptive import field_label, receptive_fields
         from featuremap.summary import list_layers, overview_layers
 
@@ -395,6 +394,19 @@ class Model:
         """The engine for this model's (resolved) ``layers``; options as :class:`Capture`."""
         return Capture(self.module, layers, model_name=self.name,
                        prefix_tokens=self.prefix_tokens, **options)
+
+    def depth(self, layer: str, input_size: int | tuple[int, int] | None = None) -> int:
+        """The channels of ``layer``'s maps (a resolved name), from one early-stopped pass on a
+        blank input of ``input_size`` (default: :attr:`input_size`).
+
+        Raises:
+            ConfigError: a layer whose output is not feature maps (with the reason).
+        """
+        size = self.input_size if input_size is None else size_pair(input_size)
+        got = self.capture([layer])(blank_input(self.module, (1, self.preprocess.channels,
+                                                               *size)))
+        got.map(layer)  # a ConfigError when the layer gives no maps
+        return int(got.meta[layer].shape[1])
 
 
 def feature_stages(module: nn.Module) -> tuple[str, ...] | None:

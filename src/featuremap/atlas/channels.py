@@ -44,7 +44,7 @@ from featuremap.atlas.visualization import Visualization, check_render, visualiz
 from featuremap.errors import ConfigError, printable
 from featuremap.model import Model, as_model
 
-__all__ = ["GROUP", "ChannelAtlas", "channel_atlas", "parse_channels"]
+__all__ = ["GROUP", "ChannelAtlas", "channel_atlas", "check_sort", "parse_channels"]
 
 GROUP = 16  # channels rendered together (one batch of images)
 SORT_KEYS = ("channel", "mean", "top", "iou", "concept", "rendered")
@@ -115,12 +115,7 @@ class ChannelAtlas:
         """Every channel's :meth:`row`, sorted by one of ``channel``, ``mean``, ``top``,
         ``iou``, ``concept``, ``rendered`` (numbers largest first unless ``descending`` is
         False; channels and concepts in ascending order)."""
-        if sort not in SORT_KEYS:
-            raise ConfigError(f"sort must be one of {', '.join(SORT_KEYS)}, got "
-                              f"{printable(repr(sort))}.")
-        if sort == "rendered" and self.visualization is None:
-            raise ConfigError("this atlas has no rendered images to sort by: build it with "
-                              "visualize=True.")
+        check_sort(sort, rendered=self.visualization is not None)
         rows = [self.row(c) for c in self.channels]
         if descending is None:
             descending = sort not in ("channel", "concept")
@@ -152,22 +147,26 @@ class ChannelAtlas:
                     + "; " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return "\n".join(head + [f"note: {n}" for n in self.notes])
 
-    def to_dict(self) -> dict[str, Any]:
-        """What a web page receives: the settings and every channel's row (no pixels)."""
-        d = self.dissection
-        vis = self.visualization
-        return {"model": self.model, "layer": self.layer, "source": self.source,
-                "channels": list(self.channels), "n_images": self.n_images,
-                "skipped": dict(self.skipped), "k": self.patches.k,
-                "field_size": list(self.patches.field_size),
-                "stride": list(self.patches.stride),
+    def settings(self) -> dict[str, Any]:
+        """How the atlas was made: model, layer, k, dissection's and rendering's settings, and
+        the seconds per stage."""
+        d, vis = self.dissection, self.visualization
+        return {"model": self.model, "layer": self.layer, "k": self.patches.k,
                 "quantile": d.quantile, "threshold": d.threshold,
-                "concepts": [c.to_dict() for c in d.concepts],
-                "shares": self.concepts.shares(d.categories),
                 "visualization": None if vis is None else {
                     "size": vis.size, "steps": vis.steps, "seed": vis.seed,
                     "seconds_per_channel": vis.seconds_per_channel},
-                "seconds": dict(self.seconds), "rows": self.rows(), "notes": list(self.notes)}
+                "seconds": dict(self.seconds)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a web page receives: the settings and every channel's row (no pixels)."""
+        d = self.dissection
+        return self.settings() | {
+            "source": self.source, "channels": list(self.channels), "n_images": self.n_images,
+            "skipped": dict(self.skipped), "field_size": list(self.patches.field_size),
+            "stride": list(self.patches.stride), "concepts": [c.to_dict() for c in d.concepts],
+            "shares": self.concepts.shares(d.categories), "rows": self.rows(),
+            "notes": list(self.notes)}
 
     def html(self, *, sort: str = "channel") -> str:
         """The self-contained page :meth:`save` writes."""
@@ -186,6 +185,14 @@ class ChannelAtlas:
         from featuremap.atlas.page import save_page
 
         return save_page(self, path, overwrite=overwrite, sort=sort)
+
+
+def check_sort(sort: Any, *, rendered: bool = True, name: str = "sort") -> None:
+    """Refuse a sort key that is not one of :data:`SORT_KEYS`, or ``"rendered"`` without
+    rendered images (``name``: what the caller calls the option)."""
+    if sort not in SORT_KEYS or (sort == "rendered" and not rendered):
+        raise ConfigError(f"{name} must be one of {', '.join(SORT_KEYS)} ('rendered' needs the "
+                          f"rendered images), got {printable(repr(sort))}.")
 
 
 def parse_channels(text: str, *, limit: int = 1 << 20) -> list[int] | None:
@@ -248,15 +255,10 @@ class _Tap:
 
 
 def _depth(source: MapSource, m: Model, layer: str) -> int:
-    """The channels of ``layer``: a store's own shape, else one early-stopped blank pass."""
+    """The channels of ``layer``: a store's own shape, else the model's (one blank pass)."""
     if source.features is not None:
         return int(source.features.store[layer].shape[1])
-    from featuremap.capture import blank_input
-
-    got = m.capture([layer])(blank_input(m.module, (1, m.preprocess.channels,
-                                                   *m.input_size)))
-    got.map(layer)  # a ConfigError when the layer gives no maps
-    return int(got.meta[layer].shape[1])
+    return m.depth(layer)
 
 
 def channel_atlas(

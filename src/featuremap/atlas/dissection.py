@@ -286,8 +286,8 @@ def dissect_source(source: MapSource, sets: list[ConceptSet], *, quantile: float
     if not seen:
         raise source.nothing_read()
     thresholds = {k: q.thresholds() for k, q in quantiles.items()}
-    kept = cache.maps if cache is not None else None
-    counts = _overlaps(source, sets, thresholds, second, {} if kept else chosen, kept)
+    kept = cache.maps if cache is not None and cache.maps else None  # selected already
+    counts = _overlaps(source, sets, thresholds, second, chosen if kept is None else {}, kept)
     concepts = tuple(c for s in sets for c in s.concepts)
     categories = tuple(dict.fromkeys(s.category for s in sets))
     layers_out = [_layer_result(k, concepts, thresholds[k], quantiles[k].max_error, counts[k],

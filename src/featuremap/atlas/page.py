@@ -15,11 +15,13 @@ import base64
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featuremap.atlas.channels import check_sort
 from featuremap.outputs import atomic_write, check_output
 
 if TYPE_CHECKING:
@@ -188,7 +190,7 @@ def _heading(key: str, text: str, note: str) -> str:
 
 def atlas_page(atlas: ChannelAtlas, *, sort: str = "channel") -> str:
     """The page of ``atlas`` (see the module docstring), first sorted by ``sort``."""
-    atlas.rows(sort=sort)  # checks the key
+    check_sort(sort, rendered=atlas.visualization is not None)
     d = atlas.dissection
     vis = atlas.visualization
     rows = [atlas.row(c) for c in atlas.channels]
@@ -248,21 +250,13 @@ def atlas_page(atlas: ChannelAtlas, *, sort: str = "channel") -> str:
         + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
         + (f"<h3>Images not read</h3><ul>{skipped}</ul>" if skipped else "")
         + "<footer>Made with featuremap. Self-contained: every image is inline. "
-        f"Settings: {e(json.dumps(_settings(atlas)))}</footer>"
+        f"Settings: {e(json.dumps(atlas.settings()))}</footer>"
         f"<script>{SCRIPT}</script></body></html>\n")
 
 
 def _counts(d: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for c in d.concepts:
-        counts[c.category] = counts.get(c.category, 0) + 1
-    return {k: v for k, v in counts.items()}
-
-
-def _settings(atlas: ChannelAtlas) -> dict[str, Any]:
-    info = atlas.to_dict()
-    return {k: info[k] for k in ("model", "layer", "k", "quantile", "threshold",
-                                 "visualization", "seconds")}
+    """How many concepts of each category, in order of appearance."""
+    return dict(Counter(c.category for c in d.concepts))
 
 
 def save_page(atlas: ChannelAtlas, path: str | Path, *, overwrite: bool = False,

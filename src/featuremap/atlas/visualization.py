@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from featuremap.budget import check_size
-from featuremap.capture import Capture, blank_input, inference_state, trace_shapes
+from featuremap.capture import Capture, inference_state, trace_shapes
 from featuremap.errors import ConfigError, printable
 from featuremap.model import ASSUMED_NOTE, Model, as_model
 
@@ -167,14 +167,6 @@ def check_render(size: Any, steps: Any, seed: Any) -> tuple[int, int, int]:
     """``(size, steps, seed)`` checked against their bounds (a ConfigError otherwise)."""
     return (_bounded("size", size, SIZE_RANGE), _bounded("steps", steps, STEPS_RANGE),
             _bounded("seed", seed, (0, 2**63 - 1)))
-
-
-def _depth(m: Model, name: str, size: int) -> int:
-    """The channels of ``name``'s maps, from one early-stopped pass on a blank image."""
-    channels = m.preprocess.channels
-    got = m.capture([name])(blank_input(m.module, (1, channels, size, size)))
-    got.map(name)  # a ConfigError when the layer gives no maps
-    return int(got.meta[name].shape[1])
 
 
 def _check_memory(m: Model, name: str, count: int, size: int) -> None:
@@ -431,7 +423,7 @@ def visualize(model: Any, *, layer: str, channels: int | Sequence[int], size: in
     m = as_model(model)
     size, steps, seed = check_render(size, steps, seed)
     name = m.one_layer(layer)
-    chosen = _channel_list(channels, _depth(m, name, size), name)
+    chosen = _channel_list(channels, m.depth(name, size), name)
     _check_memory(m, name, len(chosen), size)
     notes = [ASSUMED_NOTE.format(m.preprocess.describe())] if m.assumed_preprocess else []
     if m.device.type == "cuda":

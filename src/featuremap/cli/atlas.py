@@ -35,7 +35,7 @@ Source = Annotated[str, typer.Argument(
     "masks/, a .txt list of paths, a glob such as 'photos/**/*.jpg', or a store that "
     "'featuremap extract' wrote (--pool none): its maps are read, no network runs.")]
 FigureOut = Annotated[Path | None, typer.Option(
-    "--out", help="Also draw the result into this figure (.png, .svg, .pdf or .jpg).")]
+    "--out", help="Also draw the result into this figure (.png, .svg, .pdf, .jpg or .webp).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", metavar="",
                                          help="Replace --out and --json if they exist.")]
 JsonOut = Annotated[Path | None, typer.Option(
@@ -46,10 +46,7 @@ def _outputs(out: Path | None, json_out: Path | None, stem: str, overwrite: bool
              ) -> tuple[Path | None, Path | None]:
     """The figure and JSON paths asked for, checked before any work (suffix, folder, no
     overwrite without --overwrite)."""
-    from featuremap.plot.figure import FIGURE_SUFFIXES
-
-    figure = None if out is None else target(out, f"{stem}.png", overwrite,
-                                             suffixes=FIGURE_SUFFIXES)
+    figure = None if out is None else target(out, f"{stem}.png", overwrite)
     data = None if json_out is None else target(json_out, f"{stem}.json", overwrite,
                                                 suffixes=(".json",), what="--json")
     return figure, data
@@ -261,13 +258,10 @@ def atlas(
     overwrite: PageOverwrite = False,
 ) -> None:
     """What each channel of a layer detects: top patches, rendered image, concept, activation."""
-    from featuremap.atlas.channels import SORT_KEYS, channel_atlas, parse_channels
-    from featuremap.errors import ConfigError
+    from featuremap.atlas.channels import channel_atlas, check_sort, parse_channels
 
     path = target(out, "featuremap-atlas.html", overwrite, suffixes=(".html", ".htm"))
-    if sort not in SORT_KEYS or (sort == "rendered" and not visualize):
-        raise ConfigError(f"--sort must be one of {', '.join(SORT_KEYS)} ('rendered' needs the "
-                          f"rendered images), got '{sort}'.")
+    check_sort(sort, rendered=visualize, name="--sort")
     chosen = parse_channels(channels)
     sets = None if concepts is None else [c.strip() for c in concepts.split(",") if c.strip()]
     loaded = load(model, weights, device)

@@ -19,21 +19,22 @@ from featuremap.errors import ConfigError, printable
 from featuremap.outputs import FIGURE_SUFFIXES
 
 
-class _Command(typer.core.TyperCommand):
-    def get_help_option(self, ctx: Any) -> Any:
-        return _flag(super().get_help_option(ctx))
-
-
-class _Group(typer.core.TyperGroup):
-    def get_help_option(self, ctx: Any) -> Any:
-        return _flag(super().get_help_option(ctx))
-
-
-def _flag(option: Any) -> Any:
+class _FlagHelp:
     """``--help`` shown as the flag it is (not as ``--help <bool>``)."""
-    if option is not None:
-        option.metavar = ""
-    return option
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_FlagHelp, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagHelp, typer.core.TyperGroup):
+    pass
 
 
 class _App(typer.Typer):

@@ -45,7 +45,6 @@ from featuremap.store.compute import compute_chunk
 from featuremap.store.extract import (
     ExtractResult,
     Progress,
-    absolute_items,
     interrupted,
     make_result,
     raise_write,
@@ -120,12 +119,12 @@ def run_ray(p: Plan, opened: Opened, *, address: str | None = None, actors: int 
                     failed += row["failed"]
                     failures.update(row["failures"])
         except KeyboardInterrupt:
-            status, _ = store.finish(absolute_items(p))
+            status, _ = store.finish(p.items)
             raise interrupted(p, int((status != PENDING).sum())) from None
         except Exception as error:
             raise_write(_cause(error), p, already + done + failed)
     try:
-        store.finish(absolute_items(p))
+        store.finish(p.items)
     except OSError as error:
         raise_write(error, p, already + done + failed)
     return make_result(p, done, failed, already, failures, began, "ray")
@@ -286,7 +285,7 @@ def _rows(ray: Any, p: Plan, store: StoreWriter, chunks: list[tuple[int, int]], 
     chunk_bytes = 4 * p.batch_size * math.prod(p.input_shape)
     ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=2 * chunk_bytes,
                         # images and masks by absolute path: workers elsewhere start elsewhere
-                        fn_kwargs={"items": absolute_items(p),
+                        fn_kwargs={"items": p.items,
                                    "reader": p.collection.reader(preprocess=p.preprocess),
                                    "workers": p.workers})
     # Ray Data restarts a dead actor and retries its task (max_restarts and max_task_retries

@@ -180,17 +180,12 @@ def extract_dataset(
         from featuremap.store.distributed import ray_running, run_ray
 
         with ray_running(address, actors, needed=pending > 0):  # before the store is touched
-            opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite,
+            opened = StoreWriter.open(p.out, p.header, p.items, overwrite=overwrite,
                                       finished=finished)
             return run_ray(p, opened, address=address, actors=actors, progress=progress)
-    opened = StoreWriter.open(p.out, p.header, absolute_items(p), overwrite=overwrite,
+    opened = StoreWriter.open(p.out, p.header, p.items, overwrite=overwrite,
                               finished=finished)
     return run_local(p, opened, progress=progress)
-
-
-def absolute_items(p: Plan) -> list[Any]:
-    """The images with absolute paths (see :attr:`Plan.items`)."""
-    return p.items
 
 
 def _finished(p: Plan, overwrite: bool) -> dict[int, dict[str, str]] | None:
@@ -282,8 +277,8 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
     store = opened.writer
     chunks = store.pending_chunks(opened.finished)
     already = p.header.n_images - sum(stop - start for start, stop in chunks)
-    absolute = absolute_items(p)  # as the Ray engine reads them: failures name the same
-    items = [item for start, stop in chunks for item in absolute[start:stop]]
+    # absolute paths, as the Ray engine reads them: failures name the same images
+    items = [item for start, stop in chunks for item in p.items[start:stop]]
     extractor = Extractor(p.model, p.layers, reuse_buffers=True)
     writer = _Writer(store)
     total = len(items)
@@ -303,7 +298,7 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
                     progress(stored, total)
     except KeyboardInterrupt:
         _close(writer)
-        store.finish(absolute_items(p))
+        store.finish(p.items)
         raise interrupted(p, writer.written + writer.failed + already) from None
     except OSError as error:  # from the writer thread (put re-raises its error here)
         _close(writer)
@@ -315,7 +310,7 @@ def run_local(p: Plan, opened: Opened, *, progress: Progress | None = None) -> E
     if writer.error is not None:
         raise_write(writer.error, p, writer.written + writer.failed + already)
     try:
-        store.finish(absolute_items(p))
+        store.finish(p.items)
     except OSError as error:
         raise_write(error, p, writer.written + writer.failed + already)
     return make_result(p, writer.written, writer.failed, already, writer.failures, began,

@@ -212,7 +212,7 @@ class ChannelJobs:
                                    hint=f"The store '{data.description}' holds these layers "
                                    "whole: " + ", ".join(data.layers[:12]) + ".")
             m = self._copy(served)
-            chosen = parse_channels(channels, _depth(m, name), name)
+            chosen = parse_channels(channels, m.depth(name), name)
             settings = {"model": m.name, "layer": name, "channels": list(chosen), "k": k,
                         "visualise": visualise, "steps": steps}
             with self._lock:
@@ -298,16 +298,6 @@ class Busy(ConfigError):
 
 class NoResult(ConfigError):
     """No result to send (a 404)."""
-
-
-def _depth(m: Any, name: str) -> int:
-    """The channels of ``name``, from one early-stopped pass on a blank input (a ConfigError for
-    a layer without maps), as the atlas finds them."""
-    from featuremap.capture import blank_input
-
-    got = m.capture([name])(blank_input(m.module, (1, m.preprocess.channels, *m.input_size)))
-    got.map(name)
-    return int(got.meta[name].shape[1])
 
 
 def result_of(atlas: Any, job_id: str) -> dict[str, Any]:
